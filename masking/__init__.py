@@ -1,0 +1,1 @@
+"""Weight-baked neuron masks. Not implemented yet: see the masking issue."""
