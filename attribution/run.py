@@ -73,7 +73,7 @@ def run_attribution(model_ref: str, data: str | Path, out: str | Path,
 
     from accelerate import PartialState
 
-    dist = PartialState()
+    dist = PartialState(cpu=not torch.cuda.is_available())
     rank, world = dist.process_index, dist.num_processes
     partial = _partial_path(out, rank, world)
     if partial.exists() and not resume and not force:

@@ -378,3 +378,28 @@ def test_answer_that_tokenises_to_nothing():
 
     with pytest.raises(CulnigError, match="tokenises to nothing"):
         encode_item(Item(id="z", dataset="t", country="US", answer="\u200b", prompt="Q"), Stub())
+
+
+def test_data_parallel_two_processes_equal_one(tiny_llama_dir, tmp_path):
+    """torchrun with 2 CPU processes (gloo): each takes every 2nd batch; the sums are reduced."""
+    import os
+    import subprocess
+    import sys
+
+    from attribution.scores import Scores
+
+    data = write_items(tmp_path / "items.jsonl", make_items())
+    one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
+    assert run_culnig("attribute", "--model", str(tiny_llama_dir), "--data", str(data), "--out", str(one),
+                      "--batch-size", "2").returncode == 0
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29517", "-m", "culnig.cli", "attribute", "--model",
+                           str(tiny_llama_dir), "--data", str(data), "--out", str(two), "--batch-size", "2"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = Scores.load(one), Scores.load(two)
+    assert b.meta["world_size"] == 2
+    assert torch.equal(a.count, b.count)
+    for key in a.tensors:
+        torch.testing.assert_close(b.tensors[key], a.tensors[key], rtol=1e-5, atol=1e-6 * float(a.tensors[key].abs().max()))
+    assert not list(tmp_path.glob("*.partial*"))
