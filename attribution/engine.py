@@ -352,6 +352,7 @@ class Attributor:
             "fingerprint": self.layout.fingerprint,
             "arch": self.layout.name,
             "n_layers": self.layout.n_layers,
+            "n_neurons": {m: self.layout.n_neurons(m) for m in MODULES},
             "options": self.options.key(),
             "culnig_version": __version__,
             **meta,

@@ -144,9 +144,34 @@ class NeuronSet:
                    params=data.get("params", {}), sources=data.get("sources", {}))
 
 
-def model_block(layout: ModelLayout, name_or_path: str = "") -> dict[str, Any]:
+def model_block(layout: "ModelLayout | ModelShape", name_or_path: str = "") -> dict[str, Any]:
     return {"fingerprint": layout.fingerprint, "arch": layout.name, "n_layers": layout.n_layers,
-            "name_or_path": name_or_path}
+            "n_neurons": {m: layout.n_neurons(m) for m in MODULES}, "name_or_path": name_or_path}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The part of a :class:`ModelLayout` that selection needs, read from a score file's or a set
+    file's metadata, so that selecting neurons never loads the model."""
+
+    name: str
+    fingerprint: str
+    n_layers: int
+    sizes: dict
+
+    def n_neurons(self, module: str) -> int:
+        if module not in self.sizes:
+            raise CulnigError(f"unknown module {module!r}; known: {', '.join(self.sizes)}")
+        return int(self.sizes[module])
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any], source: str) -> "ModelShape":
+        try:
+            return cls(name=meta["arch"], fingerprint=meta["fingerprint"],
+                       n_layers=int(meta["n_layers"]), sizes=dict(meta["n_neurons"]))
+        except KeyError as exc:
+            raise CulnigError(f"{source}: metadata lacks {exc.args[0]!r}; recreate it with this "
+                              "version of culnig") from None
 
 
 def file_sha256(path: str | Path) -> str:

@@ -1,0 +1,198 @@
+"""``culnig select`` and ``culnig sets``: score files -> neuron set files, and looking at sets."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from attribution.scores import Scores
+from attribution.selection import random_like, select_general, select_specific
+from culnig.errors import CulnigError
+from culnig.neuron_sets import ModelShape, NeuronSet, file_sha256, model_block
+from culnig.registry import ATTN_MODULES, MODULES
+
+
+def _modules(text: str) -> tuple[str, ...]:
+    mods = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in mods if m not in MODULES]
+    if bad:
+        raise CulnigError(f"unknown module {bad[0]!r}; choose from {', '.join(MODULES)}")
+    return mods
+
+
+def parse_seeds(text: str) -> list[int]:
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                lo, hi = part.split("-")
+                seeds.extend(range(int(lo), int(hi) + 1))
+            else:
+                seeds.append(int(part))
+    except ValueError:
+        raise CulnigError(f"--seeds {text!r}: use a list like 0-9 or 0,3,7") from None
+    return seeds
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    if args.method == "random":
+        ref = NeuronSet.load(args.like)
+        shape = ModelShape.from_meta(ref.model, str(args.like))
+        seeds = parse_seeds(args.seeds)
+        outs = []
+        for seed in seeds:
+            out = Path(args.out)
+            if len(seeds) > 1:
+                out = out / f"random_seed{seed}.json"
+            ns = NeuronSet(model=ref.model, method="random",
+                           neurons=random_like(shape, ref, seed),
+                           params={"seed": seed, "like": ref.method, "sampling": "uniform per module, all layers"},
+                           sources={"like": file_sha256(args.like)})
+            outs.append(ns.save(out, force=args.force))
+        print("\n".join(map(str, outs)))
+        return 0
+
+    neur = Scores.load(args.neur)
+    ctrl = None if args.no_control else (Scores.load(args.ctrl) if args.ctrl else None)
+    crc = None if args.no_crc else (Scores.load(args.crc) if args.crc else None)
+    if not args.no_control and ctrl is None:
+        raise CulnigError("--ctrl is required (or pass --no-control for the ablation without it)")
+    if not args.no_crc and crc is None:
+        raise CulnigError("--crc is required (or pass --no-crc for the ablation without it)")
+    shape = ModelShape.from_meta(neur.meta, str(args.neur))
+    sources = {k: file_sha256(v) for k, v in (("neur", args.neur), ("ctrl", args.ctrl), ("crc", args.crc))
+               if v and not (k == "ctrl" and args.no_control) and not (k == "crc" and args.no_crc)}
+    params = {"agg": args.agg, "control": ctrl is not None, "crc": crc is not None, "r": args.r}
+    if args.method == "general":
+        mlp = _modules(args.mlp_modules)
+        neurons = select_general(shape, neur, ctrl, crc, agg=args.agg, t_mlp=args.t_mlp,
+                                 t_attn=args.t_attn, r=args.r, mlp_modules=mlp, attn_modules=ATTN_MODULES)
+        params.update(t_mlp=args.t_mlp, t_attn=args.t_attn, mlp_modules=list(mlp))
+        method = "culnig-general"
+    else:
+        mods = _modules(args.modules)
+        neurons = select_specific(shape, neur, ctrl, crc, args.country, agg=args.agg, t=args.t,
+                                  r=args.r, z_min=args.z_min, modules=mods)
+        params.update(country=args.country, t=args.t, z_min=args.z_min, modules=list(mods))
+        method = "culnig-specific"
+    ns = NeuronSet(model=model_block(shape, neur.meta.get("model", "")), method=method,
+                   neurons=neurons, params=params, sources=sources)
+    ns.validate(shape, source=str(args.out))
+    ns.save(args.out, force=args.force)
+    counts = ns.counts()
+    print(f"{args.out}: {counts['total']} neurons ("
+          + ", ".join(f"{m} {counts[m]}" for m in MODULES if counts[m]) + ")")
+    return 0
+
+
+def cmd_sets(args: argparse.Namespace) -> int:
+    if args.sets_cmd == "show":
+        ns = NeuronSet.load(args.set)
+        n_layers = int(ns.model["n_layers"])
+        per_layer = ns.per_layer_counts(n_layers)
+        counts = ns.counts()
+        print(f"{args.set}: method {ns.method}, model {ns.model.get('arch')} "
+              f"({ns.model.get('fingerprint')}), {counts['total']} neurons")
+        mods = [m for m in MODULES if counts[m]]
+        print("layer  " + "  ".join(f"{m:>6s}" for m in mods))
+        for layer in range(n_layers):
+            print(f"{layer:5d}  " + "  ".join(f"{per_layer[m][layer]:6d}" for m in mods))
+        print("total  " + "  ".join(f"{counts[m]:6d}" for m in mods))
+        if args.plot:
+            plot_layer_distribution({Path(args.set).stem: ns}, args.plot)
+            print(f"plot: {args.plot}")
+        return 0
+    a, b = NeuronSet.load(args.a), NeuronSet.load(args.b)
+    if a.model.get("fingerprint") != b.model.get("fingerprint"):
+        raise CulnigError(f"{args.a} and {args.b} are sets of different models")
+    print(f"{'module':8s} {'|A|':>7s} {'|B|':>7s} {'|A∩B|':>7s} {'Jaccard':>8s}")
+    for m, na, nb, inter, jac in jaccard_table(a, b):
+        print(f"{m:8s} {na:7d} {nb:7d} {inter:7d} {jac:8.3f}")
+    return 0
+
+
+def _flat(ns: NeuronSet, module: str | None) -> set:
+    return {(m, layer, int(i)) for m, layer, idx in ns.items() if module in (None, m) for i in idx}
+
+
+def jaccard_table(a: NeuronSet, b: NeuronSet):
+    rows = []
+    for m in (*MODULES, None):
+        sa, sb = _flat(a, m), _flat(b, m)
+        if m is not None and not sa and not sb:
+            continue
+        union = len(sa | sb)
+        rows.append((m or "all", len(sa), len(sb), len(sa & sb), len(sa & sb) / union if union else 0.0))
+    return rows
+
+
+def plot_layer_distribution(sets: dict[str, NeuronSet], path: str | Path) -> Path:
+    """Per-layer neuron counts per module (like the paper's Fig. 3), one panel per set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 3.2), squeeze=False)
+    for ax, (name, ns) in zip(axes[0], sets.items()):
+        n_layers = int(ns.model["n_layers"])
+        per_layer = ns.per_layer_counts(n_layers)
+        bottom = [0] * n_layers
+        for m in MODULES:
+            if any(per_layer[m]):
+                ax.bar(range(n_layers), per_layer[m], bottom=bottom, label=m)
+                bottom = [x + y for x, y in zip(bottom, per_layer[m])]
+        ax.set_title(f"{name} ({ns.counts()['total']} neurons)")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("neurons")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("select", help="select neurons from score files (general, specific, random)",
+                       description="Select neurons from score files only (no recomputation) and "
+                                   "write a neuron set file (JSON).")
+    ssub = p.add_subparsers(dest="method", required=True, metavar="METHOD")
+    for name, text in (("general", "culture-general: top t%% of d = s(neur) - s(ctrl), minus the top r%% by s(CRC)"),
+                       ("specific", "culture-specific for one country, with the z-score filter")):
+        q = ssub.add_parser(name, help=text.replace("%%", "%"), description=text.replace("%%", "%"))
+        q.add_argument("--neur", required=True, help="scores on BLEnD_neur")
+        q.add_argument("--ctrl", help="scores on BLEnD_ctrl (the same rows without the question)")
+        q.add_argument("--crc", help="scores on CountryRC identification rows")
+        q.add_argument("--out", required=True, help="neuron set file to write (JSON)")
+        q.add_argument("--agg", default="max", help="score aggregation to use: max (paper), mean, norm")
+        q.add_argument("--r", type=float, default=1.0, help="drop the top r%% by s(CRC) (default 1)")
+        q.add_argument("--no-control", action="store_true", help="ablation: no ctrl subtraction")
+        q.add_argument("--no-crc", action="store_true", help="ablation: no CountryRC filter")
+        q.add_argument("--force", action="store_true", help="replace an existing set file")
+        if name == "general":
+            q.add_argument("--t-mlp", type=float, default=1.0, help="top %% of MLP neurons (default 1)")
+            q.add_argument("--t-attn", type=float, default=0.2, help="top %% of q/k/v neurons (default 0.2)")
+            q.add_argument("--mlp-modules", default="gate", help="MLP modules pooled (default gate)")
+        else:
+            q.add_argument("--country", required=True, help="country as in the score files")
+            q.add_argument("--t", type=float, default=0.3, help="top %% over MLP and attention (default 0.3)")
+            q.add_argument("--z-min", type=float, default=0.5, help="minimum z-score across countries (0.5)")
+            q.add_argument("--modules", default="gate,q,k,v", help="modules pooled (default gate,q,k,v)")
+    q = ssub.add_parser("random", help="count-matched random sets (uniform per module over all layers)")
+    q.add_argument("--like", required=True, help="the set whose per-module counts to match")
+    q.add_argument("--seeds", default="0-9", help="seeds, e.g. 0-9 or 0,3 (default 0-9)")
+    q.add_argument("--out", required=True, help="set file (one seed) or folder (several seeds)")
+    q.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("sets", help="show a neuron set, or compare two")
+    ssub = p.add_subparsers(dest="sets_cmd", required=True, metavar="WHAT")
+    q = ssub.add_parser("show", help="counts by module and layer; --plot writes a PNG")
+    q.add_argument("set")
+    q.add_argument("--plot", help="write the per-layer distribution plot here (PNG)")
+    q = ssub.add_parser("compare", help="overlap of two sets (Jaccard per module)")
+    q.add_argument("a")
+    q.add_argument("b")
+    p.set_defaults(func=cmd_sets)
