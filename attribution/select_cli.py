@@ -154,6 +154,21 @@ def plot_layer_distribution(sets: dict[str, NeuronSet], path: str | Path) -> Pat
     return path
 
 
+def cmd_modules(args: argparse.Namespace) -> int:
+    from attribution.finetune_modules import choose_modules, tensor_shapes
+    from culnig.loading import resolve_layout
+
+    layout = resolve_layout(args.model)
+    ns = NeuronSet.load(args.set)
+    choice = choose_modules(layout, ns, tensor_shapes(args.model), budget=args.budget, which=args.which)
+    print(f"{'block':32s} {'selected':>8s} {'params':>12s}")
+    for u in choice.units:
+        print(f"{u.prefix:32s} {u.n_selected:8d} {u.n_params:12,d}")
+    print(f"{len(choice.units)} blocks, {choice.n_params:,} of {choice.total_params:,} parameters "
+          f"({choice.fraction:.2%}; budget {args.budget:.0%}, {args.which})")
+    return 0
+
+
 def add_parsers(sub) -> None:
     p = sub.add_parser("select", help="select neurons from score files (general, specific, random)",
                        description="Select neurons from score files only (no recomputation) and "
@@ -196,3 +211,14 @@ def add_parsers(sub) -> None:
     q.add_argument("a")
     q.add_argument("b")
     p.set_defaults(func=cmd_sets)
+
+    p = sub.add_parser("modules", help="modules to fine-tune from a set under a parameter budget",
+                       description="Rank each layer's MLP block (gate brings up/down) and attention "
+                                   "block (q/k/v bring o) by the number of the set's neurons they hold "
+                                   "and take them while their parameters fit the budget (paper Sec. 4.5).")
+    p.add_argument("--model", required=True, help="local checkpoint folder (for parameter counts)")
+    p.add_argument("--set", required=True, help="neuron set file (e.g. culture-general)")
+    p.add_argument("--budget", type=float, default=0.10, help="fraction of all parameters (0.10)")
+    p.add_argument("--which", choices=("top", "bottom"), default="top",
+                   help="top: blocks with the most selected neurons; bottom: the fewest")
+    p.set_defaults(func=cmd_modules)

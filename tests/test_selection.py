@@ -161,3 +161,35 @@ def test_select_cli_roundtrip(tmp_path):
                      "--crc", str(paths["crc"]), "--out", str(tmp_path / "x.json"), "--t-mlp", "0")
     assert "percentage" in single_error(bad)
     assert not (tmp_path / "x.json").exists()
+
+
+def test_modules_for_finetuning(tmp_path):
+    """Hand-checked on a tiny Llama: per-block parameter counts from the headers, budget, order."""
+    from attribution.finetune_modules import choose_modules, tensor_shapes
+    from culnig.registry import layout_for_path
+    from culnig.testing import save_tiny_checkpoint
+
+    path = save_tiny_checkpoint("llama", tmp_path / "m", seed=0)
+    layout = layout_for_path(path)
+    sizes = tensor_shapes(path)
+    H, I, q, kv = layout.hidden_size, layout.intermediate_size, layout.n_neurons("q"), layout.n_neurons("k")
+    ns = NeuronSet.from_indices(layout, "hand", {"gate": {1: range(10), 0: [1]}, "q": {0: [0, 1, 2]}})
+    choice = choose_modules(layout, ns, sizes, budget=1.0, which="top")
+    order = [(u.layer, u.kind, u.n_selected) for u in choice.units]
+    assert order[:3] == [(1, "mlp", 10), (0, "attn", 3), (0, "mlp", 1)]
+    mlp = next(u for u in choice.units if u.kind == "mlp")
+    attn = next(u for u in choice.units if u.kind == "attn")
+    assert mlp.n_params == 3 * H * I
+    assert attn.n_params == H * (q + 2 * kv) + q * H
+    total = sum(sizes.values())
+    budget = (3 * H * I + 1) / total  # room for exactly one MLP block
+    top = choose_modules(layout, ns, sizes, budget=budget, which="top")
+    assert [(u.layer, u.kind) for u in top.units] == [(1, "mlp")]
+    assert top.fraction == pytest.approx(3 * H * I / total)
+    bottom = choose_modules(layout, ns, sizes, budget=budget, which="bottom")
+    assert all(u.n_selected == 0 for u in bottom.units)
+    with pytest.raises(CulnigError, match="smaller than any module block"):
+        choose_modules(layout, ns, sizes, budget=1e-6, which="top")
+    proc = run_culnig("modules", "--model", str(path), "--set", str(ns.save(tmp_path / "s.json")),
+                      "--budget", "0.5", "--which", "top")
+    assert proc.returncode == 0 and "model.layers.1.mlp." in proc.stdout, proc.stderr
