@@ -104,6 +104,9 @@ class EvalRequest:
 
     def lm_eval_argv(self, use_chat_template: bool) -> list[str]:
         args = [f"pretrained={self.model}", f"dtype={self.dtype}"]
+        if use_chat_template:
+            # The paper renders templates with thinking disabled where a template supports it.
+            args.append("enable_thinking=False")
         if self.backend == "vllm":
             args += [f"max_model_len={self.max_model_len}", f"seed={self.seed}"]
             if cpu_only():
@@ -125,6 +128,10 @@ class EvalRequest:
             argv += ["--device", "cpu"]
         if use_chat_template:
             argv += ["--apply_chat_template"]
+        else:
+            # Tasks drop what the reference only adds through a template (BLEnD's answer prefix,
+            # WorldValuesBench's system persona); see culnig_tasks/lmeval.py.
+            argv += ["--metadata", json.dumps({"culnig_chat_template": False})]
         if self.limit is not None:
             argv += ["--limit", str(self.limit)]
         if self.output:

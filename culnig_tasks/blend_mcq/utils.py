@@ -1,0 +1,39 @@
+"""BLEnD multiple-choice, test half (Education, Family, Holidays/Celebration/Leisure), paper Table 4.
+
+Rows carry their own prompt; ``culnig_tasks.blend`` says where rows come from (local hub-schema
+file, offline build from the annotations, or the hub) and how they are selected (first 5 per
+(country, ID)). Gold = ``answer_idx``. The answer prefix ``{"answer_choice":"`` opens the assistant
+turn (lm-eval ``gen_prefix``) when the chat template is applied; without one the plain prompt is
+used, as in the reference (see ``culnig_tasks.lmeval``).
+"""
+
+from functools import partial
+
+from culnig_tasks import blend
+from culnig_tasks.lmeval import as_dataset, chat_template_on, process_exact
+
+
+def render(variant: int, doc: dict) -> str:
+    """The prompt of a hub-schema row (one variant: the row's own)."""
+    return doc["prompt"]
+
+
+def gold(doc: dict) -> str:
+    return doc["answer_idx"]
+
+
+def doc_to_choices(doc: dict) -> list[str]:
+    return ["A", "B", "C", "D"]
+
+
+def load(variant: int = 1, split: str = "test", **kwargs):
+    prefix = blend.ANSWER_PREFIX if chat_template_on(kwargs) else ""
+    docs = blend.mcq_docs(split, source=kwargs.get("blend_mcq_source", "auto"))
+    for d in docs:
+        d["gold"] = gold(d)
+        d["answer_prefix"] = prefix
+    return as_dataset(docs)
+
+
+load_v1 = partial(load, 1)
+process_results = process_exact

@@ -1,0 +1,30 @@
+"""CulturalBench-Easy (``kellycyy/CulturalBench``, test), paper Table 5, all rows.
+
+Options shuffled per item and variant with the reference's stable seed and re-lettered A-D
+(``culnig_tasks.culturalbench``).
+"""
+
+from functools import partial
+
+from culnig_tasks import culturalbench
+from culnig_tasks.lmeval import as_dataset, process_exact
+
+
+def render(variant: int, row: dict) -> str:
+    return culturalbench.build_item(row, variant)["prompt"]
+
+
+def gold(variant: int, row: dict) -> str:
+    return culturalbench.build_item(row, variant)["gold"]
+
+
+def doc_to_choices(row: dict) -> list[str]:
+    return ["A", "B", "C", "D"]
+
+
+def load(variant: int, split: str = "all", **_):
+    return as_dataset(culturalbench.items(split, variant))
+
+
+load_v1, load_v2, load_v3, load_v4 = (partial(load, k) for k in (1, 2, 3, 4))
+process_results = process_exact

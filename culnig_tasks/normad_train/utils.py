@@ -1,0 +1,30 @@
+"""NormAd (``akhilayerukola/NormAd``, train), paper Table 6, all rows.
+
+Numbers 1/2/3 permuted over yes/no/neutral per item and variant with the reference's stable seed;
+gold = the digit (``culnig_tasks.normad``).
+"""
+
+from functools import partial
+
+from culnig_tasks import normad
+from culnig_tasks.lmeval import as_dataset, process_exact
+
+
+def render(variant: int, row: dict) -> str:
+    return normad.build_item(row, variant)["prompt"]
+
+
+def gold(variant: int, row: dict) -> str:
+    return normad.build_item(row, variant)["gold"]
+
+
+def doc_to_choices(row: dict) -> list[str]:
+    return ["1", "2", "3"]
+
+
+def load(variant: int, split: str = "all", **_):
+    return as_dataset(normad.items(split, variant))
+
+
+load_v1, load_v2, load_v3, load_v4 = (partial(load, k) for k in (1, 2, 3, 4))
+process_results = process_exact
