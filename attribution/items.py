@@ -14,12 +14,12 @@ per-item scores may be clamped at 0.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from culnig.errors import CulnigError
+from culnig.hashing import sha256_file as file_sha256  # noqa: F401  (re-exported)
 
 REQUIRED = ("id", "dataset", "country", "answer")
 
@@ -89,9 +89,3 @@ def read_items(path: str | Path) -> list[Item]:
     return items
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -16,7 +16,6 @@ place (no half-written model after a crash). A second call finds the marker file
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -30,6 +29,7 @@ from pathlib import Path
 from culnig import __version__
 from culnig.atomic import atomic_dir
 from culnig.errors import CulnigError
+from culnig.hashing import sha256_file
 from culnig.paths import culnig_home, models_dir
 
 MARKER = "culnig_model.json"
@@ -79,14 +79,6 @@ PACKAGED = {
 
 def default_path(name: str) -> Path:
     return models_dir() / PACKAGED[name].key
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_gguf(path: Path, model: PackagedModel) -> None:

@@ -21,7 +21,6 @@ derived and rewritten on save.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 
 from culnig.atomic import atomic_write_text
 from culnig.errors import CulnigError
+from culnig.hashing import sha256_file as file_sha256  # noqa: F401  (re-exported)
 from culnig.registry import MODULES, ModelLayout
 
 FORMAT = "culnig-neuron-set/1"
@@ -174,5 +174,3 @@ class ModelShape:
                               "version of culnig") from None
 
 
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

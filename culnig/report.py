@@ -45,7 +45,8 @@ import pandas as pd
 
 from culnig import stats
 from culnig.errors import CulnigError
-from culnig.sweep import EVAL_FORMAT, EVAL_RECORD, PAPER_COUNTRIES, _sha256, _umask, version_str
+from culnig.hashing import sha256_file
+from culnig.sweep import EVAL_FORMAT, EVAL_RECORD, PAPER_COUNTRIES, _umask, version_str
 
 BENCH_ORDER = ("blendmcq", "blendsaq", "culturalbench", "normad", "worldvaluesbench", "countryrc",
                "commonsenseqa", "qnli", "mrpc")
@@ -168,7 +169,7 @@ def load_records(run_dir: Path, notes: list[str], mixed: list[str]) -> list[Reco
             if not res_path.is_file():
                 mixed.append(f"{d.relative_to(run_dir)}: its results file {meta['results_file']} is missing")
                 continue
-            if _sha256(res_path) != meta.get("results_sha256"):
+            if sha256_file(res_path) != meta.get("results_sha256"):
                 mixed.append(f"{d.relative_to(run_dir)}: {meta['results_file']} was changed after the "
                              "evaluation (hash differs from culnig_eval.json)")
             results = json.loads(res_path.read_text())

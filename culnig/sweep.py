@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import glob
-import hashlib
 import json
 import os
 import re
@@ -48,6 +47,7 @@ import yaml
 from culnig import __version__
 from culnig.atomic import atomic_write_text
 from culnig.errors import CulnigError
+from culnig.hashing import sha256_file
 
 EVAL_RECORD = "culnig_eval.json"
 EVAL_FORMAT = "culnig-eval/1"
@@ -371,14 +371,6 @@ def _json_roundtrip(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _draw_random_sets(cfg: SweepConfig, spec: ModelSpec) -> None:
     """Write RUN_DIR/sets/<model>/random_seed<k>.json like ``culnig select random`` (kept when an
     identical file exists; a different one, drawn from another general set, is an error)."""
@@ -470,7 +462,7 @@ def result_state(result_dir: Path, key: dict, settings: dict, versions: dict) ->
     if rec is None:
         return "stale", f"{result_dir} has no readable {EVAL_RECORD}"
     res = result_dir / str(rec.get("results_file", ""))
-    if not res.is_file() or _sha256(res) != rec.get("results_sha256"):
+    if not res.is_file() or sha256_file(res) != rec.get("results_sha256"):
         return "stale", f"{res} is missing or was changed after the evaluation"
     for f in (rec.get("samples_files") or {}).values():
         if not (result_dir / f).is_file():
@@ -705,7 +697,7 @@ def _evaluate_one(cfg: SweepConfig, p: PlannedCheckpoint, model_path: Path, task
             "model_ref": p.model.ref, "model_path": str(p.model.path),
             "evaluated_path": str(model_path),
             "checkpoint_key": p.key, "set": p.set_info, "settings": settings, "versions": versions,
-            "results_file": results_file, "results_sha256": _sha256(tmp / results_file),
+            "results_file": results_file, "results_sha256": sha256_file(tmp / results_file),
             "samples_files": samples, "batch_size": cfg.batch_size, "isolation": cfg.isolation,
             "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
             "finished": _now(), "seconds": round(time.time() - started, 1),

@@ -249,7 +249,7 @@ def test_resume_after_interrupt_gives_identical_scores(tmp_path, monkeypatch):
     model, tok = model64("gemma3_text")
     data = write_items(tmp_path / "items.jsonl", make_items())
     opts = AttributionOptions(aggregations=AGGS, batch_size=2)
-    full = run_attribution("tiny", data, tmp_path / "full.safetensors", opts, model=model,
+    run_attribution("tiny", data, tmp_path / "full.safetensors", opts, model=model,
                            tokenizer=tok, checkpoint_every=2, progress=False)
 
     calls = {"n": 0}
