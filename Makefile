@@ -1,5 +1,5 @@
 # The two set-up commands of README.md: each one creates/updates .venv/ by itself.
-#   make demo   prepare the embedded default model and run the main job on it
+#   make demo   the main job: `culnig demo` on the embedded default model and bundled data
 #   make test   run the whole test suite
 VENV   := .venv
 STAMP  := $(VENV)/.culnig-setup
@@ -14,8 +14,7 @@ $(STAMP): pyproject.toml scripts/setup-venv.sh
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(CULNIG) models demo
-	$(CULNIG) models check demo
+	$(CULNIG) demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

@@ -24,6 +24,7 @@ import torch
 from attribution.engine import AttributionOptions, Attributor
 from attribution.items import file_sha256, read_items
 from attribution.scores import Scores
+from culnig.atomic import check_new_output
 from culnig.errors import CulnigError
 
 
@@ -60,13 +61,7 @@ def run_attribution(model_ref: str, data: str | Path, out: str | Path,
                     force: bool = False, checkpoint_every: int = 256, progress: bool = True,
                     device_map: str | None = None, model=None, tokenizer=None) -> Path:
     """Compute and write the score file; returns its path."""
-    out = Path(out)
-    if out.exists() and not force:
-        raise CulnigError(f"{out} already exists; pass --force to replace it")
-    if not out.parent.is_dir():
-        raise CulnigError(f"{out.parent}: output folder does not exist")
-    if not os.access(out.parent, os.W_OK):
-        raise CulnigError(f"{out.parent}: output folder is not writable")
+    out = check_new_output(Path(out), force=force)
     items = read_items(data)
     data_hash = file_sha256(data)
     countries = sorted({it.country for it in items})

@@ -170,13 +170,15 @@ def cmd_modules(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("select", help="select neurons from score files (general, specific, random)",
-                       description="Select neurons from score files only (no recomputation) and "
-                                   "write a neuron set file (JSON).")
+    p = sub.add_parser("select", help="select neurons from score files (general, specific, random) "
+                                      "or activation statistics (lape)",
+                       description="Select neurons from score files (lape: from activation "
+                                   "statistics) only, without recomputation, and write neuron set "
+                                   "files (JSON).")
     ssub = p.add_subparsers(dest="method", required=True, metavar="METHOD")
     for name, text in (("general", "culture-general: top t%% of d = s(neur) - s(ctrl), minus the top r%% by s(CRC)"),
                        ("specific", "culture-specific for one country, with the z-score filter")):
-        q = ssub.add_parser(name, help=text.replace("%%", "%"), description=text.replace("%%", "%"))
+        q = ssub.add_parser(name, help=text, description=text.replace("%%", "%"))
         q.add_argument("--neur", required=True, help="scores on BLEnD_neur")
         q.add_argument("--ctrl", help="scores on BLEnD_ctrl (the same rows without the question)")
         q.add_argument("--crc", help="scores on CountryRC identification rows")
@@ -200,9 +202,12 @@ def add_parsers(sub) -> None:
     q.add_argument("--seeds", default="0-9", help="seeds, e.g. 0-9 or 0,3 (default 0-9)")
     q.add_argument("--out", required=True, help="set file (one seed) or folder (several seeds)")
     q.add_argument("--force", action="store_true")
+    from attribution.lape_cli import add_select_lape, add_sets_combine
+
+    add_select_lape(ssub)
     p.set_defaults(func=cmd_select)
 
-    p = sub.add_parser("sets", help="show a neuron set, or compare two")
+    p = sub.add_parser("sets", help="show a neuron set, compare two, or combine sets (and, or, minus)")
     ssub = p.add_subparsers(dest="sets_cmd", required=True, metavar="WHAT")
     q = ssub.add_parser("show", help="counts by module and layer; --plot writes a PNG")
     q.add_argument("set")
@@ -210,6 +215,7 @@ def add_parsers(sub) -> None:
     q = ssub.add_parser("compare", help="overlap of two sets (Jaccard per module)")
     q.add_argument("a")
     q.add_argument("b")
+    add_sets_combine(ssub)
     p.set_defaults(func=cmd_sets)
 
     p = sub.add_parser("modules", help="modules to fine-tune from a set under a parameter budget",

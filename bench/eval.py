@@ -10,6 +10,9 @@ built first, the requests are built once from the culnig tasks, and only the bac
    Target on CPU: vLLM / HF >= 1.5.
 2. BLEnD SAQ generation (up to 512 tokens): blendsaq_paper_v1, ``--saq-docs`` documents
    spread over the 16 cultures. Target: vLLM / HF >= 3.
+3. The option log-likelihood family (``culnigll_*``): the same documents as 1. in their
+   ``<bench>_loglik_v1`` form, every option label scored (``loglikelihood``, prefill only). No
+   target: on 2 CPU cores prefill-only work may well be slower on vLLM; the ratio is reported.
 
     python bench/eval.py [--model smollm2|demo|PATH] [--mcq-docs 64] [--saq-docs 32]
 
@@ -17,7 +20,7 @@ HF runs with lm-eval's batch size ``--hf-batch-size`` (8, culnig eval's default)
 everything itself. Both in ``--dtype`` (default bfloat16, the paper's; CPUs with AMX run it much
 faster than float32). Each backend first runs a warm-up pass on other documents (variant-2 prompts),
 untimed. vLLM keeps its defaults, including prefix caching and, on CPU, one core reserved for its
-front end (on 2 cores, giving it both was slower). The two ratios are the last two lines.
+front end (on 2 cores, giving it both was slower). The three ratios are the last three lines.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ MCQ_TASKS = ["blendmcq_paper_v1", "countryrc_paper_v1", "commonsenseqa_paper_v1"
              "qnli_paper_v1", "mrpc_paper_v1"]
 WARMUP_TASKS = ["countryrc_paper_v2", "commonsenseqa_paper_v2", "qnli_paper_v2", "mrpc_paper_v2"]
 SAQ_TASK = "blendsaq_paper_v1"
+LL_TASKS = [t.replace("_paper_", "_loglik_") for t in MCQ_TASKS]
 
 
 def build_requests(task_names, limit, lm, use_template, spread=False):
@@ -62,10 +66,20 @@ def build_requests(task_names, limit, lm, use_template, spread=False):
     return instances
 
 
-def timed(lm, instances):
+def timed(lm, instances, loglik=False):
     t0 = time.perf_counter()
-    out = lm.generate_until(instances)
+    out = lm.loglikelihood(instances) if loglik else lm.generate_until(instances)
     return time.perf_counter() - t0, out
+
+
+def predictions(instances, out) -> list[int]:
+    """Per document (task, doc_id): the index of the highest log-likelihood option."""
+    best: dict[tuple[str, int], tuple[float, int]] = {}
+    for inst, (ll, _) in zip(instances, out):
+        key = (inst.task_name, inst.doc_id)
+        if key not in best or ll > best[key][0]:
+            best[key] = (ll, inst.idx)
+    return [best[k][1] for k in sorted(best)]
 
 
 def make_lm(backend, model, hf_batch_size, max_model_len, dtype):
@@ -108,20 +122,24 @@ def main() -> int:
         lm = make_lm(backend, model, args.hf_batch_size, args.max_model_len, args.dtype)
         timed(lm, build_requests(WARMUP_TASKS, 4, lm, use_template))  # untimed warm-up
         for kind, names, limit, spread in (("mcq", MCQ_TASKS, args.mcq_docs, False),
-                                           ("saq", [SAQ_TASK], args.saq_docs, True)):
+                                           ("saq", [SAQ_TASK], args.saq_docs, True),
+                                           ("loglik", LL_TASKS, args.mcq_docs, False)):
             reqs = build_requests(names, limit, lm, use_template, spread=spread)
-            seconds, out = timed(lm, reqs)
-            timings[(kind, backend)] = (len(reqs), seconds)
-            responses[(kind, backend)] = out
-            print(f"{kind} {backend:5s} {len(reqs):4d} docs  {seconds:8.2f} s  "
-                  f"{len(reqs) / seconds:8.2f} docs/s", flush=True)
+            seconds, out = timed(lm, reqs, loglik=kind == "loglik")
+            n_docs = len({(r.task_name, r.doc_id) for r in reqs})
+            timings[(kind, backend)] = (n_docs, seconds)
+            responses[(kind, backend)] = predictions(reqs, out) if kind == "loglik" else out
+            print(f"{kind} {backend:5s} {n_docs:4d} docs ({len(reqs)} requests)  {seconds:8.2f} s  "
+                  f"{n_docs / seconds:8.2f} docs/s", flush=True)
         del lm
         gc.collect()
 
-    for kind in ("mcq", "saq"):
+    for kind in ("mcq", "saq", "loglik"):
         same = sum(a == b for a, b in zip(responses[(kind, "hf")], responses[(kind, "vllm")]))
-        print(f"{kind}: identical responses HF vs vLLM {same}/{len(responses[(kind, 'hf')])}")
-    for kind, label in (("mcq", "MCQ-style (1 token)"), ("saq", "BLEnD SAQ (<= 512 tokens)")):
+        print(f"{kind}: identical responses (loglik: predicted options) HF vs vLLM "
+              f"{same}/{len(responses[(kind, 'hf')])}")
+    for kind, label in (("mcq", "MCQ-style (1 token)"), ("saq", "BLEnD SAQ (<= 512 tokens)"),
+                        ("loglik", "option log-likelihood (culnigll_*)")):
         (n_h, s_h), (n_v, s_v) = timings[(kind, "hf")], timings[(kind, "vllm")]
         print(f"{label}: vLLM / HF docs/s = {(n_v / s_v) / (n_h / s_h):.2f}")
     return 0

@@ -12,6 +12,19 @@ from typing import Iterator
 from culnig.errors import CulnigError
 
 
+def check_new_output(out: Path, *, force: bool = False) -> Path:
+    """Refuse an existing ``out`` (unless ``force``) and a missing or read-only parent folder:
+    the checks a long run makes before it starts, so it cannot fail at the very end."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise CulnigError(f"{out} already exists; pass --force to replace it")
+    if not out.parent.is_dir():
+        raise CulnigError(f"{out.parent}: output folder does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise CulnigError(f"{out.parent}: output folder is not writable")
+    return out
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path, *, force: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``final``; on success rename it to ``final``.

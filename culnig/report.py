@@ -14,6 +14,9 @@ WorldValuesBench), checked against lm-eval's own aggregate, and:
   culture (``doc["country"]``) for BLEnD MCQ, CulturalBench and NormAd;
 - Table 15: rank (1 = largest drop) of each evaluation culture's drop among the 16 BLEnD
   cultures (BLEnD MCQ), per neuron culture, averaged over models;
+- both scoring protocols side by side: paper-protocol groups ``culnig_x`` are benchmark ``x``,
+  option log-likelihood groups ``culnigll_x`` are ``x_ll``; every table names the protocol;
+- the answer-label distribution (share of A/B/C/D... predicted vs gold) per checkpoint;
 - BLEnD SAQ accuracy per culture (orig / cult / rand), neuron counts and per-layer distributions,
   and a leaderboard with one row per checkpoint (sortable in the HTML page).
 
@@ -54,22 +57,37 @@ BENCH_TITLES = {"blendmcq": "BLEnD MCQ", "blendsaq": "BLEnD SAQ", "culturalbench
                 "normad": "NormAd", "worldvaluesbench": "WVB", "countryrc": "CountryRC",
                 "commonsenseqa": "CSQA", "qnli": "QNLI", "mrpc": "MRPC"}
 METRIC = {"worldvaluesbench": "score_c"}  # everything else: acc
+LL_SUFFIX = "_ll"  # benchmark key of the option log-likelihood protocol: qnli_ll (culnigll_qnli)
 FIG4_BENCHES = ("blendmcq", "culturalbench", "normad")
+FIG4_BENCHES = FIG4_BENCHES + tuple(b + LL_SUFFIX for b in FIG4_BENCHES)
 RANK_BENCH = "blendmcq"
 SAQ_BENCH = "blendsaq"
-_LEAF = re.compile(r"^(?P<bench>.+)_paper_v\d+$")
+_LEAF = re.compile(r"^(?P<bench>.+)_(?P<protocol>paper|loglik)_v\d+$")
+
+
+def base_bench(bench: str) -> str:
+    return bench.removesuffix(LL_SUFFIX)
+
+
+def protocol_of(bench: str) -> str:
+    """``loglik`` (option log-likelihood, ``culnigll_*``) or ``paper`` (first token, ``culnig_*``)."""
+    return "loglik" if bench.endswith(LL_SUFFIX) else "paper"
 
 
 def metric_of(bench: str) -> str:
-    return METRIC.get(bench, "acc")
+    return METRIC.get(base_bench(bench), "acc")
 
 
 def bench_title(bench: str) -> str:
-    return BENCH_TITLES.get(bench, bench)
+    """Every table names the protocol: ``CSQA [paper]``, ``CSQA [loglik]``."""
+    base = base_bench(bench)
+    return f"{BENCH_TITLES.get(base, base)} [{protocol_of(bench)}]"
 
 
 def _bench_sort_key(bench: str):
-    return (BENCH_ORDER.index(bench) if bench in BENCH_ORDER else len(BENCH_ORDER), bench)
+    base = base_bench(bench)
+    return (BENCH_ORDER.index(base) if base in BENCH_ORDER else len(BENCH_ORDER), base,
+            protocol_of(bench) != "paper")
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -94,7 +112,7 @@ class Record:
         return int((s.get("counts") or {}).get("total", 0))
 
     def leaf_benches(self) -> dict[str, str]:
-        """leaf task -> benchmark name (``culnig_x`` group -> ``x``)."""
+        """leaf task -> benchmark key (``culnig_x`` group -> ``x``, ``culnigll_x`` -> ``x_ll``)."""
         group_of = {}
         for group, leaves in (self.results.get("group_subtasks") or {}).items():
             for leaf in leaves:
@@ -103,11 +121,14 @@ class Record:
         for task in self.results.get("versions", {}):
             if task in (self.results.get("group_subtasks") or {}):
                 continue
-            if task in group_of:
+            if task in group_of and group_of[task].startswith("culnigll_"):
+                bench = group_of[task].removeprefix("culnigll_") + LL_SUFFIX
+            elif task in group_of:
                 bench = group_of[task].removeprefix("culnig_")
             else:
                 m = _LEAF.match(task)
-                bench = m.group("bench") if m else task
+                bench = (m.group("bench") + (LL_SUFFIX if m.group("protocol") == "loglik" else "")
+                         if m else task)
             out[task] = bench
         return out
 
@@ -244,6 +265,8 @@ def load_run(run_dir: str | Path) -> RunData:
             by_bench[bench].append(leaf)
         samples = r.meta.get("samples_files") or {}
         for bench, leaf_list in by_bench.items():
+            if bench.startswith("culnig_ppl_"):
+                continue  # perplexity tasks: `culnig report-lape` (culnig/lape_report.py)
             metric = metric_of(bench)
             cols, country = {}, None
             for leaf in sorted(leaf_list):
@@ -302,7 +325,8 @@ def table2(run: RunData, *, resamples: int = stats.RESAMPLES, seed: int = 0) -> 
             v = run.values.get((model, bench))
             if v is None or "orig" not in v:
                 continue
-            row = {"model": model, "bench": bench, "metric": metric_of(bench), "n_docs": len(v),
+            row = {"model": model, "bench": bench, "protocol": protocol_of(bench),
+                   "metric": metric_of(bench), "n_docs": len(v),
                    "orig": float(v["orig"].mean())}
             g = general[0].checkpoint if general and general[0].checkpoint in v else None
             rs = [r.checkpoint for r in randoms if r.checkpoint in v]
@@ -463,6 +487,86 @@ def counts_table(run: RunData) -> pd.DataFrame:
                      **{m: int(counts.get(m, 0)) for m in MODULES},
                      "total": int(counts.get("total", 0))})
     return pd.DataFrame(rows)
+
+
+def _answer_labels(obj: dict) -> tuple[str, str, list[str] | None]:
+    """(predicted label, gold label, the document's option labels or None) of one logged sample.
+
+    Option log-likelihood samples: the highest-scoring option (lm-eval's ``filtered_resps`` are
+    ``(loglik, is_greedy)`` per option) and the gold index into ``doc["labels"]``. Paper samples:
+    the generated first token as it was compared, and the gold string."""
+    doc = obj.get("doc") if isinstance(obj.get("doc"), dict) else {}
+    resps = obj.get("filtered_resps") or []
+    labels = doc.get("labels")
+    if labels and resps and isinstance(resps[0], (list, tuple)):
+        lls = [float(r[0]) for r in resps]
+        pred = labels[int(np.argmax(lls))]
+        gold = labels[int(obj.get("target", doc.get("gold_index", 0)))]
+        return pred, gold, list(labels)
+    first = resps[0] if resps else ""
+    while isinstance(first, (list, tuple)):
+        first = first[0] if first else ""
+    return str(first), str(obj.get("target", doc.get("gold", ""))), None
+
+
+OTHER_LABEL = "other"
+
+
+def label_distribution(run: RunData) -> pd.DataFrame:
+    """Share of each answer label predicted vs gold, per checkpoint and benchmark (all variants
+    pooled): position bias at a glance. Options are the documents' labels (loglik) or the gold
+    labels seen (paper); a paper-protocol answer that is none of them counts as ``other``."""
+    rows = []
+    for r in run.records:
+        samples = r.meta.get("samples_files") or {}
+        by_bench: dict[str, list[str]] = defaultdict(list)
+        for leaf, bench in r.leaf_benches().items():
+            if leaf in samples and base_bench(bench) != SAQ_BENCH:
+                by_bench[bench].append(leaf)
+        for bench, leaves in by_bench.items():
+            preds, golds, options = [], [], set()
+            for leaf in sorted(leaves):
+                with open(r.dir / samples[leaf]) as fh:
+                    for line in fh:
+                        if line.strip():
+                            pred, gold, labels = _answer_labels(json.loads(line))
+                            preds.append(pred)
+                            golds.append(gold)
+                            options.update(labels or ())
+            options.update(golds)
+            n = len(preds)
+            if not n:
+                continue
+            pred_counts = pd.Series([p if p in options else OTHER_LABEL for p in preds]).value_counts()
+            gold_counts = pd.Series(golds).value_counts()
+            order = sorted(options, key=lambda x: (len(x), x))
+            if pred_counts.get(OTHER_LABEL, 0):
+                order.append(OTHER_LABEL)
+            for label in order:
+                rows.append({"model": r.model, "checkpoint": r.checkpoint, "bench": bench,
+                             "protocol": protocol_of(bench), "label": label, "n": n,
+                             "predicted": float(pred_counts.get(label, 0)) / n,
+                             "gold": float(gold_counts.get(label, 0)) / n})
+    return pd.DataFrame(rows, columns=["model", "checkpoint", "bench", "protocol", "label", "n",
+                                       "predicted", "gold"])
+
+
+def label_table(dist: pd.DataFrame) -> pd.DataFrame:
+    """Display form: one row per (benchmark, checkpoint) with the predicted share (%) per label,
+    and a ``gold`` row per benchmark and model."""
+    if dist.empty:
+        return pd.DataFrame()
+    rows = []
+    for (model, bench), sub in dist.groupby(["model", "bench"], sort=False):
+        labels = list(dict.fromkeys(sub["label"]))
+        first = sub[sub["checkpoint"] == sub["checkpoint"].iloc[0]].set_index("label")
+        rows.append({"model": model, "benchmark": bench_title(bench), "checkpoint": "gold",
+                     **{lab: _pct(first["gold"].get(lab, 0.0)) for lab in labels}})
+        for cp, c in sub.groupby("checkpoint", sort=False):
+            c = c.set_index("label")
+            rows.append({"model": model, "benchmark": bench_title(bench), "checkpoint": cp,
+                         **{lab: _pct(c["predicted"].get(lab, 0.0)) for lab in labels}})
+    return pd.DataFrame(rows).fillna("")
 
 
 # --- figures ----------------------------------------------------------------------------------
@@ -695,6 +799,8 @@ def make_report(run_dir: str | Path, out: str | Path | None = None, *, allow_mix
     t15, t15_long = table15(run)
     saq = saq_table(run)
     counts = counts_table(run)
+    labels = label_distribution(run)
+    save("labels.csv", labels.to_csv(index=False))
     save("table2.csv", t2.to_csv(index=False))
     save("leaderboard.csv", lb.to_csv(index=False))
     save("figure4.csv", fig4.to_csv(index=False))
@@ -717,7 +823,7 @@ def make_report(run_dir: str | Path, out: str | Path | None = None, *, allow_mix
     for b in run.benches + ["mean"]:
         lb_show[b] = lb_show[b] * 100
     lb_show = lb_show.rename(columns={b: bench_title(b) for b in run.benches})
-    pv = t2[["model", "bench", "n_docs", "drop_cult", "drop_rand", "p_mean", "p_single",
+    pv = t2[["model", "bench", "protocol", "n_docs", "drop_cult", "drop_rand", "p_mean", "p_single",
              "significant"]].copy() if not t2.empty else pd.DataFrame()
     if not pv.empty:
         pv["drop_cult"] *= 100
@@ -767,22 +873,35 @@ def make_report(run_dir: str | Path, out: str | Path | None = None, *, allow_mix
                   "models; 'own' = the neuron culture's own rank.")
     sections.append(("Table 15", t15_legend + "\n\n" + md_table(t15, 2, index=True),
                      f"<p>{html.escape(t15_legend)}</p>" + html_table(t15, 2, index=True)))
+    lab_legend = ("Share of answers per option label (%, all prompt variants pooled): the "
+                  "'gold' row is the answer key, the other rows what each checkpoint predicted "
+                  "('other': a paper-protocol first token that is no option label). A row far "
+                  "from 'gold' shows position or label bias. Long form: labels.csv.")
+    lab_show = label_table(labels)
+    sections.append(("Answer labels", lab_legend + "\n\n" + md_table(lab_show),
+                     f"<p>{html.escape(lab_legend)}</p>" + html_table(lab_show)))
     sections.append(("BLEnD SAQ per culture", "Accuracy x100.\n\n" + md_table(saq_show, 1),
                      "<p>Accuracy x100.</p>" + html_table(saq_show, 1)))
     lay_md, lay_html = _md_images(images["layers"]), _html_images(images["layers"])
     sections.append(("Neuron counts and layers", md_table(counts) + "\n" + lay_md,
                      html_table(counts) + lay_html))
 
-    title = f"culnig report: {run.run_dir.name}"
-    md = f"# {title}\n\n" + "\n".join(f"## {t}\n\n{m}" for t, m, _ in sections)
-    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1>"
-            + "".join(f"<h2>{html.escape(t)}</h2>{h}" for t, _, h in sections)
-            + f"<script>{SORT_JS}</script></body></html>\n")
+    md, page = render_pages(f"culnig report: {run.run_dir.name}", sections)
     save("report.md", md)
     save("report.html", page)
     return Report(out=out, files=files, mixed=run.mixed, notes=run.notes)
+
+
+def render_pages(title: str, sections: list[tuple[str, str, str]], intro: str = "") -> tuple[str, str]:
+    """(Markdown, self-contained HTML) of a titled page from (heading, markdown, html) sections."""
+    md = f"# {title}\n\n" + (f"{intro}\n\n" if intro else "") + "\n".join(
+        f"## {t}\n\n{m}" for t, m, _ in sections)
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1>" + (f"<p>{html.escape(intro)}</p>" if intro else "")
+            + "".join(f"<h2>{html.escape(t)}</h2>{h}" for t, _, h in sections)
+            + f"<script>{SORT_JS}</script></body></html>\n")
+    return md, page
 
 
 def _md_images(images: list[tuple[str, str, bytes]]) -> str:

@@ -44,7 +44,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from culnig import __version__
+from culnig import __version__, protocols
 from culnig.atomic import atomic_write_text
 from culnig.errors import CulnigError
 from culnig.hashing import sha256_file
@@ -57,7 +57,7 @@ LOCK = ".sweep.lock"
 
 _TOP_KEYS = {"run_dir", "models", "tasks", "backend", "limit", "seed", "dtype", "batch_size",
              "chat_template", "max_model_len", "model_args", "lm_eval_args", "isolation", "scale",
-             "delete_masked", "checkpoint_dir"}
+             "delete_masked", "checkpoint_dir", "protocol", "task_metadata"}
 _MODEL_KEYS = {"name", "model", "original", "general", "random", "specific"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -77,11 +77,16 @@ class EvalSettings:
     model_args: str = ""
     lm_eval_args: tuple[str, ...] = ()
     scale: float = 0.0
+    task_metadata: tuple[tuple[str, Any], ...] = ()  # lm-eval --metadata for the tasks (sorted)
 
     def record(self) -> dict[str, Any]:
         out = asdict(self)
         out["tasks"] = list(self.tasks)
         out["lm_eval_args"] = list(self.lm_eval_args)
+        if self.task_metadata:
+            out["task_metadata"] = dict(self.task_metadata)
+        else:
+            out.pop("task_metadata")  # results written before this key existed stay valid
         if self.backend != "vllm":
             out.pop("max_model_len")  # only vLLM reads it
         return out
@@ -272,6 +277,10 @@ def load_config(path: str | Path, *, run_dir: str | Path | None = None) -> Sweep
     tasks = data["tasks"]
     if isinstance(tasks, str):
         tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    protocol = str(data.get("protocol", "paper"))
+    if protocol not in protocols.PROTOCOLS:
+        raise CulnigError(f"{source}: protocol {protocol!r}: use {', '.join(protocols.PROTOCOLS)}")
+    tasks = protocols.apply([str(t) for t in tasks], protocol)
     backend = str(data.get("backend", "vllm"))
     if backend not in ("vllm", "hf"):
         raise CulnigError(f"{source}: backend {backend!r}: use vllm or hf")
@@ -294,6 +303,7 @@ def load_config(path: str | Path, *, run_dir: str | Path | None = None) -> Sweep
         max_model_len=int(data.get("max_model_len", 2048)),
         model_args=str(data.get("model_args") or ""), lm_eval_args=tuple(str(a) for a in extra),
         scale=float(data.get("scale", 0.0)),
+        task_metadata=_task_metadata(data.get("task_metadata"), source),
     )
     rd = _path(run_dir if run_dir is not None else data["run_dir"], "run_dir", source)
     cdir = data.get("checkpoint_dir")
@@ -311,6 +321,14 @@ def load_config(path: str | Path, *, run_dir: str | Path | None = None) -> Sweep
                        isolation=isolation, delete_masked=bool(data.get("delete_masked", False)))
 
 
+def _task_metadata(value: Any, source: Path) -> tuple[tuple[str, Any], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise CulnigError(f"{source}: task_metadata must be a mapping (e.g. culnig_max_docs: 50)")
+    return tuple(sorted((str(k), _json_roundtrip(v)) for k, v in value.items()))
+
+
 # --- tasks ------------------------------------------------------------------------------------
 def version_str(v: Any) -> str:
     """lm-eval records leaf versions as numbers and group versions as strings: one spelling."""
@@ -320,9 +338,19 @@ def version_str(v: Any) -> str:
         return str(v)
 
 
-def resolve_tasks(names: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+def resolve_tasks(names: tuple[str, ...], lm_eval_args: tuple[str, ...] = ()
+                  ) -> tuple[list[str], dict[str, str]]:
     """Expand patterns; return the task/group names lm-eval will be given and the version of every
-    group and leaf task they contain (what lm-eval will record in ``results["versions"]``)."""
+    group and leaf task they contain (what lm-eval will record in ``results["versions"]``).
+
+    An ``--include_path DIR`` among the extra lm-eval arguments replaces culnig's task folder (lm-eval
+    takes one include path): the tasks are then resolved in DIR, e.g. the perplexity tasks that
+    ``culnig tasks ppl`` writes (:func:`culnig_tasks.ppl.resolve_ppl_tasks`)."""
+    from culnig_tasks.ppl import include_path_of, resolve_ppl_tasks
+
+    include = include_path_of(lm_eval_args)
+    if include is not None:
+        return resolve_ppl_tasks(tuple(names), include)
     from lm_eval.tasks import TaskManager
 
     from culnig.paths import tasks_dir
@@ -496,9 +524,11 @@ def evaluate_checkpoint(model_path: Path, out_dir: Path, settings: EvalSettings,
                       output=str(out_dir), dtype=settings.dtype, batch_size=batch_size,
                       limit=settings.limit, seed=settings.seed, chat_template=settings.chat_template,
                       max_model_len=settings.max_model_len, log_samples=True,
-                      model_args=settings.model_args, extra=list(settings.lm_eval_args))
+                      model_args=settings.model_args, extra=list(settings.lm_eval_args),
+                      task_metadata=dict(settings.task_metadata))
     if isolation == "inprocess":
-        run_eval(req)
+        with open(log_path, "w") as log, contextlib.redirect_stdout(log):  # lm-eval's tables
+            run_eval(req)
         gc.collect()
         return
     argv = [sys.executable, "-m", "culnig.cli", "eval", "--model", req.model, "--tasks", req.tasks,
@@ -509,6 +539,8 @@ def evaluate_checkpoint(model_path: Path, out_dir: Path, settings: EvalSettings,
         argv += ["--limit", repr(req.limit) if req.limit < 1 else str(int(req.limit))]
     if req.model_args:
         argv += ["--model-args", req.model_args]
+    if req.task_metadata:
+        argv += ["--task-metadata", json.dumps(req.task_metadata, sort_keys=True)]
     if req.extra:
         argv += ["--", *req.extra]
     with open(log_path, "w") as log:
@@ -607,7 +639,7 @@ def run_sweep(cfg: SweepConfig, *, force: bool = False, dry_run: bool = False,
 
     from masking.bake import bake
 
-    tasks, versions = resolve_tasks(cfg.settings.tasks)
+    tasks, versions = resolve_tasks(cfg.settings.tasks, cfg.settings.lm_eval_args)
     settings = cfg.settings.record()
     settings["tasks"] = tasks
     with _run_lock(cfg.run_dir):

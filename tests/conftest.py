@@ -12,6 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CULNIG = [sys.executable, "-m", "culnig.cli"]
+FIXTURES = REPO / "tests" / "fixtures"
 
 
 def pytest_addoption(parser):
@@ -59,3 +60,38 @@ def single_error(proc: subprocess.CompletedProcess) -> str:
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("culnig: error:")]
     assert len(lines) == 1, proc.stderr[-2000:]
     return lines[0]
+
+
+# --- benchmark data and a tiny model for the task tests (test_tasks, test_loglik) ------------
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory, shared_data) -> Path:
+    """Real shared data + fixtures + WVB majority answers built by `culnig data wvs-majority`."""
+    root = tmp_path_factory.mktemp("culnig-data")
+    for name in ("blend", "countryrc", "commonsense_qa", "glue"):
+        if not (shared_data / name).exists():
+            pytest.skip(f"{shared_data / name} missing")
+        (root / name).symlink_to(shared_data / name)
+    for name in ("culturalbench", "normad"):
+        (root / name).symlink_to(FIXTURES / "data" / name)
+    wvb = root / "worldvaluesbench"
+    wvb.mkdir()
+    (wvb / "question_metadata.json").symlink_to(shared_data / "worldvaluesbench" /
+                                               "question_metadata.json")
+    proc = run_culnig("data", "wvs-majority", "--wvb-dir", str(FIXTURES / "wvb"),
+                      "--out", str(wvb / "country_majority.jsonl"),
+                      env={"CULNIG_DATA_DIR": str(root)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return root
+
+
+@pytest.fixture
+def use_data(data_dir, monkeypatch):
+    monkeypatch.setenv("CULNIG_DATA_DIR", str(data_dir))
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    from culnig.testing.tiny_models import save_tiny_checkpoint
+
+    return save_tiny_checkpoint("llama", tmp_path_factory.mktemp("tiny-llama"))

@@ -17,9 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_culnig, single_error
-
-FIXTURES = REPO / "tests" / "fixtures"
+from tests.conftest import FIXTURES, REPO, run_culnig, single_error
 
 GROUPS = {
     "culnig_blendmcq": ["blendmcq_paper_v1"],
@@ -33,40 +31,6 @@ GROUPS = {
     "culnig_mrpc": [f"mrpc_paper_v{k}" for k in range(1, 5)],
 }
 LEAVES = [leaf for leaves in GROUPS.values() for leaf in leaves]
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory, shared_data) -> Path:
-    """Real shared data + fixtures + WVB majority answers built by `culnig data wvs-majority`."""
-    root = tmp_path_factory.mktemp("culnig-data")
-    for name in ("blend", "countryrc", "commonsense_qa", "glue"):
-        if not (shared_data / name).exists():
-            pytest.skip(f"{shared_data / name} missing")
-        (root / name).symlink_to(shared_data / name)
-    for name in ("culturalbench", "normad"):
-        (root / name).symlink_to(FIXTURES / "data" / name)
-    wvb = root / "worldvaluesbench"
-    wvb.mkdir()
-    (wvb / "question_metadata.json").symlink_to(shared_data / "worldvaluesbench" /
-                                               "question_metadata.json")
-    proc = run_culnig("data", "wvs-majority", "--wvb-dir", str(FIXTURES / "wvb"),
-                      "--out", str(wvb / "country_majority.jsonl"),
-                      env={"CULNIG_DATA_DIR": str(root)})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return root
-
-
-@pytest.fixture
-def use_data(data_dir, monkeypatch):
-    monkeypatch.setenv("CULNIG_DATA_DIR", str(data_dir))
-    return data_dir
-
-
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory) -> Path:
-    from culnig.testing.tiny_models import save_tiny_checkpoint
-
-    return save_tiny_checkpoint("llama", tmp_path_factory.mktemp("tiny-llama"))
 
 
 def _samples(out: Path, task: str) -> list[dict]:
@@ -547,6 +511,9 @@ def test_missing_hub_only_data_is_one_clear_error(tiny_llama, tmp_path):
 MCQ_VLLM_TASKS = ["blendmcq_paper_v1", "culturalbench_paper_v2", "normad_paper_v3",
                   "worldvaluesbench_paper_v4", "countryrc_paper_v3", "qnli_paper_v1",
                   "mrpc_paper_v2"]
+# The option log-likelihood family rides on the same engine start.
+LL_VLLM_TASKS = ["blendmcq_loglik_v1", "countryrc_loglik_v3", "commonsenseqa_loglik_v1",
+                 "qnli_loglik_v2", "worldvaluesbench_loglik_v4"]
 
 
 @pytest.mark.vllm
@@ -558,8 +525,8 @@ def test_vllm_and_hf_agree_on_demo_model(demo_model, data_dir, tmp_path):
     the same prompts (transformers greedy decoding) instead of a full HF run.
     """
     outs = {}
-    for backend, tasks in (("vllm", [*MCQ_VLLM_TASKS, "blendsaq_paper_v1"]),
-                           ("hf", MCQ_VLLM_TASKS)):
+    for backend, tasks in (("vllm", [*MCQ_VLLM_TASKS, *LL_VLLM_TASKS, "blendsaq_paper_v1"]),
+                           ("hf", [*MCQ_VLLM_TASKS, *LL_VLLM_TASKS])):
         out = tmp_path / backend
         proc = run_culnig("eval", "--model", str(demo_model), "--tasks", ",".join(tasks),
                           "--backend", backend, "--dtype", "float32", "--limit", "3",
@@ -583,6 +550,16 @@ def test_vllm_and_hf_agree_on_demo_model(demo_model, data_dir, tmp_path):
             for metric in ("acc", "score_c"):
                 if metric in a:
                     assert a[metric] == b[metric], (task, metric)
+
+    for task in LL_VLLM_TASKS:
+        hf, vl = _samples(outs["hf"], task), _samples(outs["vllm"], task)
+        assert len(hf) == len(vl) == 3
+        for a, b in zip(hf, vl):
+            assert a["doc"] == b["doc"] and a["arguments"] == b["arguments"]
+            la = [float(r[0]) for r in a["filtered_resps"]]
+            lb = [float(r[0]) for r in b["filtered_resps"]]
+            assert max(abs(x - y) for x, y in zip(la, lb)) < 2e-3, (task, la, lb)
+            assert a["acc"] == b["acc"] and a["acc_norm"] == b["acc_norm"], (task, la, lb)
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -9,7 +9,7 @@ used, as in the reference (see ``culnig_tasks.lmeval``).
 
 from functools import partial
 
-from culnig_tasks import blend
+from culnig_tasks import blend, loglik
 from culnig_tasks.lmeval import as_dataset, chat_template_on, process_exact
 
 
@@ -32,8 +32,14 @@ def load(variant: int = 1, split: str = "test", **kwargs):
     for d in docs:
         d["gold"] = gold(d)
         d["answer_prefix"] = prefix
-    return as_dataset(docs)
+    meta = dict(kwargs)
+    if kwargs.get("blend_mcq_max_docs") is not None:  # one variant only: may want more documents
+        meta["culnig_max_docs"] = kwargs["blend_mcq_max_docs"]
+    return as_dataset(docs, meta=meta)
 
 
 load_v1 = partial(load, 1)
 process_results = process_exact
+
+# Option log-likelihood protocol (culnigll_blendmcq): the same documents as options.
+load_ll_v1 = partial(loglik.load, load, doc_to_choices, 1)

@@ -5,6 +5,9 @@ One prompt template per item, drawn with seed 42 from that culture's BLEnD templ
 an annotated answer (count > 0) appears in it after per-language analysis
 (``culnig_tasks.saq_judge``). Besides ``acc``, every document reports
 ``acc_<Country>__<judge>`` so the results name, per culture, the judge that ran.
+
+Subsample keys (lm-eval ``--metadata``): ``blend_saq_countries`` and ``blend_saq_max_docs`` choose
+the SAQ documents (``culnig_max_docs``, meant for the one-token tasks, does not apply here).
 """
 
 from functools import partial
@@ -22,7 +25,14 @@ def load(variant: int = 1, split: str = "test", **kwargs):
     for d in docs:
         d["judge"] = saq_judge.judge_name(d["language"])
         d["gold"] = " | ".join(d["answers"])
-    return as_dataset(docs)
+    # The SAQ's own subsample keys (generation is costly): blend_saq_countries, blend_saq_max_docs.
+    meta = dict(kwargs)
+    meta.pop("culnig_max_docs", None)
+    if kwargs.get("blend_saq_countries"):
+        meta["culnig_countries"] = kwargs["blend_saq_countries"]
+    if kwargs.get("blend_saq_max_docs") is not None:
+        meta["culnig_max_docs"] = kwargs["blend_saq_max_docs"]
+    return as_dataset(docs, meta=meta)
 
 
 load_v1 = partial(load, 1)

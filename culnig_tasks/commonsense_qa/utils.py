@@ -6,13 +6,16 @@ generated token must equal the gold letter exactly.
 
 from functools import partial
 
+from culnig_tasks import loglik
 from culnig_tasks.data import load_split
+from culnig_tasks.lmeval import as_dataset
 from culnig_tasks.prompts import variants
 from culnig_tasks.scoring import exact_first_token
 
 
-def load(**_):
-    return load_split("tau/commonsense_qa", None, "validation", "commonsense_qa/validation.jsonl")
+def load(**kwargs):
+    rows = load_split("tau/commonsense_qa", None, "validation", "commonsense_qa/validation.jsonl")
+    return as_dataset([dict(r) for r in rows["validation"]], "validation", meta=kwargs)
 
 
 def render(variant: int, doc: dict) -> str:
@@ -33,3 +36,21 @@ def doc_to_target(doc: dict) -> str:
 
 def process_results(doc: dict, results: list[str]) -> dict:
     return exact_first_token(doc_to_target(doc), results)
+
+
+# Option log-likelihood protocol (culnigll_commonsenseqa): the rows rendered per variant, as options.
+def doc_to_choices(doc: dict) -> list[str]:
+    return list(doc["option_labels"])
+
+
+def load_rendered(variant: int, **kwargs):
+    """The paper task's documents with the rendered prompt and gold label as fields."""
+    docs = [{"id": r["id"], "question": r["question"], "options": r["choices"]["text"],
+             "option_labels": r["choices"]["label"], "answerKey": r["answerKey"], "country": "",
+             "variant": variant, "prompt": render(variant, r), "gold": doc_to_target(r)}
+            for r in load(**kwargs)["validation"]]
+    return as_dataset(docs, "validation")  # load() has drawn any subsample already
+
+
+load_ll_v1, load_ll_v2, load_ll_v3, load_ll_v4 = (partial(loglik.load, load_rendered, doc_to_choices, k)
+                                                  for k in (1, 2, 3, 4))

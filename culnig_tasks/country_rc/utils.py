@@ -5,7 +5,7 @@ Variants 1-2 letter the options A-D, 3-4 number them 1-4 (``culnig_tasks.country
 
 from functools import partial
 
-from culnig_tasks import countryrc
+from culnig_tasks import loglik, countryrc
 from culnig_tasks.lmeval import as_dataset, process_exact
 
 
@@ -17,9 +17,14 @@ def doc_to_choices(doc: dict) -> list[str]:
     return list(countryrc.labels(doc["variant"]))
 
 
-def load(variant: int, split: str = "test", **_):
-    return as_dataset(countryrc.items(split, variant))
+def load(variant: int, split: str = "test", **kwargs):
+    return as_dataset(countryrc.items(split, variant), meta=kwargs)
 
 
 load_v1, load_v2, load_v3, load_v4 = (partial(load, k) for k in (1, 2, 3, 4))
 process_results = process_exact
+
+
+# Option log-likelihood protocol (culnigll_*): the same documents as options.
+load_ll_v1, load_ll_v2, load_ll_v3, load_ll_v4 = (partial(loglik.load, load, doc_to_choices, k)
+                                                  for k in (1, 2, 3, 4))
