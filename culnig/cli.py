@@ -204,7 +204,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = DemoSettings(model=model, out=out, size=size, backend=backend,
                             loglik_backend=args.loglik_backend or default_loglik_backend(backend),
                             protocol=args.protocol)
-    demo, timings = run_demo(settings, force=args.force)
+    try:
+        demo, timings = run_demo(settings, force=args.force)
+    except KeyboardInterrupt:
+        print("\nculnig: demo interrupted; finished steps and results are kept: run the same "
+              "command again to continue", file=sys.stderr)
+        return 130
     print("\nstep timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
           + f"; total {sum(timings.values()):.1f}")
     print(f"report: {demo.report_dir / 'demo.html'}")
