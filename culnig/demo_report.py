@@ -34,7 +34,7 @@ CHANCE = {"blendmcq": 0.25, "countryrc": 0.25, "commonsenseqa": 0.20, "qnli": 0.
 CI_LEVEL = 0.95
 
 
-def _bench_of_group(task: str) -> str:
+def _bench_key(task: str) -> str:
     from culnig.protocols import bench_of
 
     return bench_of(task) or task
@@ -58,7 +58,6 @@ def leaderboard(run: rp.RunData, model: str, benches: list[str], culture: set[st
     rng = np.random.default_rng(seed)
     rows: list[dict[str, Any]] = []
     boot: dict[tuple[str, str], np.ndarray] = {}  # (row, bench) -> resampled changes
-    point: dict[tuple[str, str], float] = {}
     for bench in benches:
         v = run.values.get((model, bench))
         if v is None or "orig" not in v or not len(v):
@@ -75,8 +74,6 @@ def leaderboard(run: rp.RunData, model: str, benches: list[str], culture: set[st
         rows.append({"row": "original", "bench": bench, "score": score, "change": 0.0,
                      "ci_low": float("nan"), "ci_high": float("nan"), "spread": float("nan"),
                      "n_docs": n, "chance": chance, "near_chance": near, "below_chance": below})
-        point[("original", bench)] = score
-        boot[("original", bench)] = _resampled_means(orig, idx)
         masks = []
         if general and general[0] in v:
             masks.append(("culture-general masked", v[general[0]].to_numpy(), float("nan")))
@@ -92,7 +89,6 @@ def leaderboard(run: rp.RunData, model: str, benches: list[str], culture: set[st
             rows.append({"row": name, "bench": bench, "score": float(values.mean()),
                          "change": float(d.mean()), "ci_low": lo, "ci_high": hi, "spread": spread,
                          "n_docs": n, "chance": chance, "near_chance": False})
-            point[(name, bench)] = float(values.mean())
             boot[(name, bench)] = changes
     # Averages over the culture and the general tasks (each task weighs the same; the interval
     # resamples every task's documents independently).
@@ -114,7 +110,7 @@ def leaderboard(run: rp.RunData, model: str, benches: list[str], culture: set[st
             spread = float("nan")
             if row_name.startswith("random"):
                 per_seed = []
-                for c in [c for c in randoms]:
+                for c in randoms:
                     vals = [float(run.values[(model, r["bench"])][c].mean()) for r in got
                             if c in run.values[(model, r["bench"])]]
                     if len(vals) == len(got):
@@ -233,7 +229,7 @@ def write_demo_report(runs: dict[str, str | Path], out: str | Path, *,
     loaded = {p: rp.load_run(d) for p, d in runs.items()}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    culture_keys = {_bench_of_group(g) for g in culture}
+    culture_keys = {_bench_key(t) for t in culture}
     sections: list[tuple[str, str, str]] = []
     csv_parts = []
     printed = []

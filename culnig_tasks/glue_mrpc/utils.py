@@ -3,35 +3,23 @@ gold = str(label), 1 = paraphrase."""
 
 from functools import partial
 
-from culnig_tasks import loglik
-from culnig_tasks.data import load_split
+from culnig_tasks import glue, loglik
 from culnig_tasks.lmeval import as_dataset, process_exact
-from culnig_tasks.prompts import variants
+
+CONFIG, SPLIT, FIELDS = "mrpc", "test", ("sentence1", "sentence2")
+gold, doc_to_choices = glue.gold, glue.doc_to_choices
 
 
 def rows() -> list[dict]:
-    return [dict(r) for r in load_split("nyu-mll/glue", "mrpc", "test",
-                                        "glue/mrpc_test.jsonl")["test"]]
+    return glue.rows(CONFIG, SPLIT)
 
 
 def render(variant: int, doc: dict) -> str:
-    return variants("mrpc")[variant - 1].format(sentence1=doc["sentence1"],
-                                                sentence2=doc["sentence2"])
-
-
-def gold(doc: dict) -> str:
-    return str(doc["label"])
-
-
-def doc_to_choices(doc: dict) -> list[str]:
-    return ["0", "1"]
+    return glue.render(CONFIG, FIELDS, variant, doc)
 
 
 def load(variant: int, **kwargs):
-    docs = [{"idx": r["idx"], "sentence1": r["sentence1"], "sentence2": r["sentence2"],
-             "label": r["label"], "country": "", "variant": variant,
-             "prompt": render(variant, r), "gold": gold(r)} for r in rows()]
-    return as_dataset(docs, meta=kwargs)
+    return as_dataset(glue.docs(CONFIG, SPLIT, FIELDS, variant), meta=kwargs)
 
 
 load_v1, load_v2, load_v3, load_v4 = (partial(load, k) for k in (1, 2, 3, 4))
