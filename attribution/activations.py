@@ -19,21 +19,20 @@ neuron set files (fingerprint, sizes), the activation function and the chunking 
 Resumable like ``culnig attribute``: every ``checkpoint_every`` batches and after each corpus
 the counts and the number of chunks done are written to ``<out>.partial``; ``--resume``
 continues from it (the chunks are formed deterministically, so the result equals an
-uninterrupted run).
+uninterrupted run). The model's weights stamp is part of the run and of the file's model block.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from culnig.corpora import Corpus
-from culnig.atomic import check_new_output
+from culnig_tasks.corpora import Corpus
+from culnig.atomic import atomic_file, check_new_output, clean_leftovers
 from culnig.errors import CulnigError, UnsupportedArchitecture
 from culnig.neuron_sets import ModelShape, model_block
 from culnig.registry import ModelLayout
@@ -244,13 +243,8 @@ class ActivationStats:
         tensors = {f"over_zero.{n}": self.over_zero[n].to(torch.int64).contiguous() for n in self.names}
         tensors["tokens"] = torch.tensor([self.tokens[n] for n in self.names], dtype=torch.int64)
         meta = dict(self.meta, format=FORMAT, corpora=list(self.names))
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
+        with atomic_file(path) as tmp:
             save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
 
     @classmethod
     def load(cls, path: str | Path) -> "ActivationStats":
@@ -285,24 +279,23 @@ def _partial_path(out: Path) -> Path:
 def _save_partial(path: Path, counts: dict[str, torch.Tensor], progress: dict, run_key: dict) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_file(path) as tmp:
         save_file({f"over_zero.{n}": c.detach().cpu().contiguous() for n, c in counts.items()},
                   str(tmp), metadata={"culnig_partial": json.dumps({"run": run_key,
                                                                      "progress": progress})})
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _load_partial(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as fh:
-        meta = json.loads(fh.metadata()["culnig_partial"])
-        counts = {k.removeprefix("over_zero."): fh.get_tensor(k) for k in fh.keys()}
-    return counts, meta["progress"], meta["run"]
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {})["culnig_partial"])
+            counts = {k.removeprefix("over_zero."): fh.get_tensor(k) for k in fh.keys()}
+        return counts, meta["progress"], meta["run"]
+    except Exception as exc:  # safetensors' own errors, KeyError, JSON
+        raise CulnigError(f"{path}: not a readable activations checkpoint ({type(exc).__name__}); "
+                          "pass --force to start over") from None
 
 
 def _batches(chunks: Iterator[list[int]], size: int) -> Iterator[list[list[int]]]:
@@ -402,7 +395,11 @@ def run_activations(model_ref: str, corpora: list[Corpus], out: str | Path, *,
                     model=None, tokenizer=None) -> Path:
     """Count and write the statistics file; returns its path. Bad input fails before the model
     is loaded (except an activation that is not 0 at 0, which needs the config)."""
-    out = check_new_output(Path(out), force=force)
+    out = Path(out)
+    if out.is_dir():
+        raise CulnigError(f"{out} is a folder; --out names the statistics file to write")
+    out = check_new_output(out, force=force)
+    clean_leftovers(out.parent)
     if chunk_tokens < 2:
         raise CulnigError(f"--chunk-tokens must be at least 2, got {chunk_tokens}")
     if max_tokens is not None and max_tokens < 1:
@@ -441,7 +438,11 @@ def run_activations(model_ref: str, corpora: list[Corpus], out: str | Path, *,
         model.to(dev)
     check_model_activation(model, layout, str(model_ref))
 
-    run_key = {"fingerprint": layout.fingerprint, "corpora": {c.name: c.identity() for c in corpora},
+    from culnig.loading import weights_stamp_of
+
+    stamp = weights_stamp_of(str(model_ref))
+    run_key = {"fingerprint": layout.fingerprint, "weights_stamp": stamp,
+               "corpora": {c.name: c.identity() for c in corpora},
                "chunk_tokens": chunk_tokens, "max_tokens": max_tokens, "batch_size": batch_size,
                "dtype": dtype}
     state = prog = None
@@ -459,7 +460,7 @@ def run_activations(model_ref: str, corpora: list[Corpus], out: str | Path, *,
                                        max_tokens=max_tokens, batch_size=batch_size, state=state,
                                        progress_state=prog, on_checkpoint=checkpoint,
                                        checkpoint_every=checkpoint_every, progress=progress)
-    meta = {"model": model_block(layout, str(model_ref)), "hidden_act": layout.hidden_act,
+    meta = {"model": model_block(layout, str(model_ref), stamp), "hidden_act": layout.hidden_act,
             "chunk_tokens": chunk_tokens, "max_tokens": max_tokens, "dtype": dtype,
             "bos": tokenizer.bos_token_id is not None,
             "sources": {c.name: {"sources": c.sources, "files": c.identity()} for c in corpora},

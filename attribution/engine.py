@@ -27,7 +27,10 @@ How it runs:
 * position ids are passed explicitly, so left-padded rows start at position 0 (the reference
   passed none, so its left-padded rows started later);
 * control items (``control: true``) have their per-item scores clamped at >= 0 before summing,
-  as the reference does (``clamp_control=False`` turns it off).
+  as the reference does (``clamp_control=False`` turns it off);
+* an item longer than the model's context (``max_position_embeddings``) or ``max_length`` is an
+  error naming its file and line, unless ``truncate`` (``left``/``right``, :func:`encode.fit`)
+  says how to shorten it; the limit, side and number of items shortened go into the scores.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from attribution.encode import Encoded, encode_item
+from attribution.encode import TRUNCATE_SIDES, Encoded, encode_item, fit
 from attribution.items import Item
 from attribution.scores import Scores
 from culnig import __version__
@@ -57,6 +60,7 @@ class AttributionOptions:
     clamp_control: bool = True
     use_chat_template: bool = True
     max_length: int | None = None
+    truncate: str | None = None  # None: an over-long item is an error; "left" / "right"
 
     def __post_init__(self):
         bad = [m for m in self.modules if m not in MODULES]
@@ -71,6 +75,14 @@ class AttributionOptions:
             raise CulnigError("batch size must be >= 1")
         if self.padding_side not in ("left", "right"):
             raise CulnigError("padding side must be left or right")
+        if self.max_length is not None and (isinstance(self.max_length, bool)
+                                            or not isinstance(self.max_length, int)
+                                            or self.max_length < 2):
+            raise CulnigError(f"--max-length must be an integer >= 2 (a prompt token and an answer "
+                              f"token), got {self.max_length}")
+        if self.truncate is not None and self.truncate not in TRUNCATE_SIDES:
+            raise CulnigError(f"--truncate must be one of {', '.join(TRUNCATE_SIDES)}, got "
+                              f"{self.truncate!r}")
 
     def key(self) -> dict:
         """What must match for a resumed run to continue an interrupted one."""
@@ -146,13 +158,42 @@ class Attributor:
         self.pad_id = int(pad)
         self._probe = _Probe()
         self._acc: Accumulators | None = None
+        self.truncation: dict | None = None  # set by encode()
         # linear path -> [(layer, module, rows slice, bias slice or None)]
         self._targets = self._hook_targets()
 
     # --- encoding ------------------------------------------------------------------------------
+    def context_limit(self) -> tuple[int | None, str]:
+        """The most tokens an input may have, and where that limit comes from."""
+        cfg = self.model.config
+        text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        ctx = getattr(text, "max_position_embeddings", None)
+        ctx = int(ctx) if isinstance(ctx, int) and ctx > 0 else None
+        own = self.options.max_length
+        if own is not None and (ctx is None or own <= ctx):
+            return own, f"--max-length {own}"
+        if ctx is None:
+            return None, "no limit"
+        return ctx, f"the model's context of {ctx} tokens (max_position_embeddings)"
+
     def encode(self, items: Sequence[Item]) -> list[Encoded]:
-        return [encode_item(it, self.tokenizer, use_chat_template=self.options.use_chat_template,
-                            max_length=self.options.max_length) for it in items]
+        """Token ids of every item; over-long items are an error unless ``truncate`` is set."""
+        opts = self.options
+        limit, why = self.context_limit()
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        out = []
+        for it in items:
+            enc = encode_item(it, self.tokenizer, use_chat_template=opts.use_chat_template)
+            if limit is not None and len(enc.input_ids) > limit:
+                what = f"{it.source or 'items'}: item {it.id!r}"
+                if opts.truncate is None:
+                    raise CulnigError(f"{what} is {len(enc.input_ids)} tokens long, more than {why}; "
+                                      "shorten it, or pass --truncate left|right to cut it")
+                enc = fit(enc, limit, opts.truncate, bos, what)
+            out.append(enc)
+        self.truncation = {"side": opts.truncate, "limit": limit,
+                           "items": sum(1 for e in out if e.truncated)}
+        return out
 
     def _collate(self, encs: Sequence[Encoded], items: Sequence[Item],
                  country_index: dict[str, int]) -> _Batch:
@@ -354,6 +395,7 @@ class Attributor:
             "n_layers": self.layout.n_layers,
             "n_neurons": {m: self.layout.n_neurons(m) for m in MODULES},
             "options": self.options.key(),
+            "truncation": self.truncation,
             "culnig_version": __version__,
             **meta,
         }

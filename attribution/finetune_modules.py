@@ -17,6 +17,8 @@ from culnig.errors import CulnigError
 from culnig.neuron_sets import NeuronSet
 from culnig.registry import ATTN_MODULES, MLP_MODULES, ModelLayout
 
+WHICH = ("top", "bottom")  # rank the blocks by most or fewest neurons of the set
+
 
 @dataclass(frozen=True)
 class Unit:
@@ -82,7 +84,7 @@ def choose_modules(layout: ModelLayout, ns: NeuronSet, sizes: dict[str, int], *,
                    which: str) -> ModuleChoice:
     if not 0 < budget <= 1:
         raise CulnigError(f"budget must be a fraction in (0, 1], got {budget:g}")
-    if which not in ("top", "bottom"):
+    if which not in WHICH:
         raise CulnigError("which must be top or bottom")
     ns.validate(layout)
     total = sum(sizes.values())

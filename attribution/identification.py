@@ -1,7 +1,7 @@
 """Identification datasets (paper Sec. 3.3, App. A, Tables 1 and 4) as attribution items.
 
 Built with the same BLEnD and CountryRC builders as the evaluation tasks
-(:mod:`culnig_tasks.blend`, :mod:`culnig_tasks.countryrc`: one implementation, two uses):
+(:mod:`culnig_tasks.blend`, :mod:`culnig_tasks.country_rc`: one implementation, two uses):
 
 * ``blend_neur``: BLEnD MCQ rows of the identification topics (Food, Work life, Sport), at most
   5 per (country, question id) in file order; the row's own prompt, answer prefix
@@ -67,7 +67,7 @@ def blend_items(*, source: str = "auto", countries: Iterable[str] | None = None,
 
 def countryrc_items(*, countries: Sequence[str] | None = None, variants: Sequence[int] = (1, 2, 3, 4),
                     split: str = "neur") -> list[dict]:
-    from culnig_tasks import countryrc
+    from culnig_tasks import country_rc
     from culnig_tasks.countries import COUNTRYRC_EVAL_COUNTRIES, canonical
 
     targets = tuple(canonical(c) for c in countries) if countries else COUNTRYRC_EVAL_COUNTRIES
@@ -75,7 +75,7 @@ def countryrc_items(*, countries: Sequence[str] | None = None, variants: Sequenc
     for variant in variants:
         if variant not in (1, 2, 3, 4):
             raise CulnigError(f"CountryRC variant {variant} does not exist; use 1-4")
-        for it in countryrc.items(split, variant, targets):
+        for it in country_rc.items(split, variant, targets):
             out.append({"id": f"crc-{split}-{it['id']}-v{variant}-{it['country']}", "dataset": f"crc_{split}",
                         "country": it["country"], "prompt": it["prompt"], "answer": it["gold"],
                         "answer_prefix": "", "control": False})

@@ -10,18 +10,24 @@ One row per line::
 user turn) or ``messages`` (a chat). ``answer_prefix`` (default empty) opens the assistant turn
 after the chat template; ``control`` (default false) marks control items (BLEnD_ctrl), whose
 per-item scores may be clamped at 0.
+
+``country`` must be a known spelling (:func:`culnig_tasks.countries.canonical`); the canonical
+name is used, so ``US`` and ``USA`` are one country. A file about other countries declares them
+on its first line, ``{"countries": ["Atlantis", "Lemuria"]}``: those names are then accepted as
+written, and any other unknown name is still an error.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from culnig.errors import CulnigError
 from culnig.hashing import sha256_file as file_sha256  # noqa: F401  (re-exported)
 
 REQUIRED = ("id", "dataset", "country", "answer")
+DECLARE_KEY = "countries"  # the optional first line {"countries": [...]}
 
 
 @dataclass(frozen=True)
@@ -34,9 +40,25 @@ class Item:
     messages: tuple[dict, ...] | None = None
     answer_prefix: str = ""
     control: bool = False
+    # Where the item was read ("file:line"), for error messages; not part of its identity.
+    source: str | None = field(default=None, compare=False)
 
 
-def _row_to_item(row: dict, where: str) -> Item:
+def _country(value, where: str, declared: frozenset[str]) -> str:
+    from culnig_tasks.countries import UnknownCountry, canonical
+
+    if not isinstance(value, str) or not value.strip():
+        raise CulnigError(f"{where}: field 'country' must be a non-empty string")
+    if value in declared:
+        return value
+    try:
+        return canonical(value)
+    except UnknownCountry as exc:
+        raise CulnigError(f"{where}: {exc}; items about other countries declare them on the "
+                          f'first line: {{"{DECLARE_KEY}": ["{value}", ...]}}') from None
+
+
+def _row_to_item(row: dict, where: str, declared: frozenset[str] = frozenset()) -> Item:
     if not isinstance(row, dict):
         raise CulnigError(f"{where}: a row must be a JSON object")
     for key in REQUIRED:
@@ -57,10 +79,22 @@ def _row_to_item(row: dict, where: str) -> Item:
     if not isinstance(answer, str) or answer == "":
         raise CulnigError(f"{where}: field 'answer' must be a non-empty string")
     return Item(
-        id=str(row["id"]), dataset=str(row["dataset"]), country=str(row["country"]),
+        id=str(row["id"]), dataset=str(row["dataset"]), country=_country(row["country"], where, declared),
         answer=answer, prompt=prompt if messages is None else None, messages=messages,
         answer_prefix=str(row.get("answer_prefix") or ""), control=bool(row.get("control", False)),
+        source=where,
     )
+
+
+def _declaration(row, where: str) -> frozenset[str] | None:
+    """The names of a first line ``{"countries": [...]}``; None when the line is an item."""
+    if not isinstance(row, dict) or set(row) != {DECLARE_KEY}:
+        return None
+    names = row[DECLARE_KEY]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip()
+                                                           for n in names):
+        raise CulnigError(f"{where}: '{DECLARE_KEY}' must be a non-empty list of country names")
+    return frozenset(names)
 
 
 def read_items(path: str | Path) -> list[Item]:
@@ -70,22 +104,31 @@ def read_items(path: str | Path) -> list[Item]:
         raise CulnigError(f"{path}: no such items file")
     items: list[Item] = []
     seen: set[str] = set()
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CulnigError(f"{where}: not valid JSON ({exc.msg})") from None
-            item = _row_to_item(row, where)
-            if item.id in seen:
-                raise CulnigError(f"{where}: duplicate id {item.id!r}")
-            seen.add(item.id)
-            items.append(item)
+    declared: frozenset[str] | None = None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise CulnigError(f"{where}: not valid JSON ({exc.msg})") from None
+                if declared is None:  # the first non-empty line may declare the countries
+                    declared = _declaration(row, where)
+                    if declared is not None:
+                        continue
+                    declared = frozenset()
+                elif isinstance(row, dict) and set(row) == {DECLARE_KEY}:
+                    raise CulnigError(f"{where}: the countries must be declared on the first line")
+                item = _row_to_item(row, where, declared)
+                if item.id in seen:
+                    raise CulnigError(f"{where}: duplicate id {item.id!r}")
+                seen.add(item.id)
+                items.append(item)
+    except UnicodeDecodeError:
+        raise CulnigError(f"{path}: not a UTF-8 text file") from None
     if not items:
         raise CulnigError(f"{path}: the items file is empty")
     return items
-
-

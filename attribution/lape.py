@@ -1,7 +1,7 @@
 """LAPE selection (Tang et al. 2024) and the set algebra of CAPE (Namazifard & Galke 2025).
 
 Pure functions on tensors and :class:`~culnig.neuron_sets.NeuronSet` objects; the command line
-is :mod:`attribution.lape_cli`.
+is :mod:`culnig.cli.lape`.
 
 LAPE, given activation probabilities ``P[c, l, n]`` (corpus c, layer l, neuron n):
 

@@ -25,7 +25,7 @@ import torch
 from attribution.scores import Scores
 from culnig.errors import CulnigError
 from culnig.neuron_sets import NeuronSet
-from culnig.registry import ATTN_MODULES, ModelLayout
+from culnig.registry import ATTN_MODULES, MODULES, ModelLayout
 
 
 def check_percent(name: str, value: float) -> float:
@@ -84,6 +84,11 @@ def check_compatible(named: dict[str, Scores], agg: str) -> None:
     if len(set(fps.values())) > 1:
         raise CulnigError("score files come from different models: "
                           + ", ".join(f"{k} {v}" for k, v in fps.items()))
+    stamps = {k: s.meta.get("weights_stamp") for k, s in items if s.meta.get("weights_stamp")}
+    if len(set(stamps.values())) > 1:
+        raise CulnigError("score files come from models of the same shape but other weights: "
+                          + ", ".join(f"{k} {v[:12]}" for k, v in stamps.items())
+                          + "; score every file with the same checkpoint")
     for k, s in items:
         if agg not in s.aggregations:
             raise CulnigError(f"{k} scores have no aggregation {agg!r} (have: {', '.join(s.aggregations)})")
@@ -180,3 +185,94 @@ def random_like(layout: ModelLayout, reference: NeuronSet, seed: int) -> dict[st
         out[m] = {int(l): np.sort(idx[layers == l]) for l in np.unique(layers)}
     return out
 
+
+
+def random_set_like(reference: NeuronSet, reference_path, seed: int) -> NeuronSet:
+    """The count-matched random set for ``seed`` drawn like ``reference`` (read from
+    ``reference_path``): what `culnig select random` and a sweep's ``random: {like: general}``
+    both write."""
+    from culnig.neuron_sets import ModelShape, file_sha256
+
+    shape = ModelShape.from_meta(reference.model, str(reference_path))
+    return NeuronSet(model=reference.model, method="random",
+                     neurons=random_like(shape, reference, seed),
+                     params={"seed": seed, "like": reference.method,
+                             "sampling": "uniform per module, all layers"},
+                     sources={"like": file_sha256(reference_path)})
+
+
+def parse_seeds(text: str, what: str = "--seeds") -> list[int]:
+    """Seeds from ``0-9``, ``0,3,7`` or a mix (``0-2,5``); an empty or reversed range is an error."""
+    seeds: list[int] = []
+    try:
+        for part in str(text).split(","):
+            if "-" in part.strip()[1:]:
+                lo, hi = part.strip().split("-", 1)
+                lo_i, hi_i = int(lo), int(hi)
+                if hi_i < lo_i:
+                    raise CulnigError(f"{what} {text!r}: the range {part.strip()} is empty; "
+                                      f"write {hi_i}-{lo_i}")
+                seeds.extend(range(lo_i, hi_i + 1))
+            else:
+                seeds.append(int(part))
+    except ValueError:
+        raise CulnigError(f"{what} {text!r}: use a list like 0-9 or 0,3,7") from None
+    if any(s < 0 for s in seeds):
+        raise CulnigError(f"{what} {text!r}: seeds are non-negative integers")
+    return list(dict.fromkeys(seeds))
+
+
+def _flat(ns: NeuronSet, module: str | None) -> set:
+    return {(m, layer, int(i)) for m, layer, idx in ns.items() if module in (None, m) for i in idx}
+
+
+def jaccard_table(a: NeuronSet, b: NeuronSet):
+    rows = []
+    for m in (*MODULES, None):
+        sa, sb = _flat(a, m), _flat(b, m)
+        if m is not None and not sa and not sb:
+            continue
+        union = len(sa | sb)
+        rows.append((m or "all", len(sa), len(sb), len(sa & sb), len(sa & sb) / union if union else 0.0))
+    return rows
+
+
+def parse_modules(text: str) -> tuple[str, ...]:
+    """``gate,q`` -> ``("gate", "q")``; an unknown module is an error listing the known ones."""
+    mods = tuple(m.strip() for m in str(text).split(",") if m.strip())
+    bad = [m for m in mods if m not in MODULES]
+    if bad:
+        raise CulnigError(f"unknown module {bad[0]!r}; choose from {', '.join(MODULES)}")
+    return mods
+
+
+def select_to_file(method: str, out, *, neur, ctrl=None, crc=None, agg: str = "max",
+                   r: float = 1.0, force: bool = False, t_mlp: float = 1.0, t_attn: float = 0.2,
+                   mlp_modules: Sequence[str] = ("gate",), country: str | None = None,
+                   t: float = 0.3, z_min: float = 0.5,
+                   modules: Sequence[str] = ("gate", "q", "k", "v")) -> NeuronSet:
+    """Select ``general`` or ``specific`` neurons from score files and write the set file
+    (``ctrl``/``crc`` None: the ablations without control subtraction / CountryRC filter)."""
+    from culnig.neuron_sets import ModelShape, file_sha256, model_block
+
+    neur_s = Scores.load(neur)
+    ctrl_s = Scores.load(ctrl) if ctrl else None
+    crc_s = Scores.load(crc) if crc else None
+    shape = ModelShape.from_meta(neur_s.meta, str(neur))
+    sources = {k: file_sha256(v) for k, v in (("neur", neur), ("ctrl", ctrl), ("crc", crc)) if v}
+    params = {"agg": agg, "control": ctrl_s is not None, "crc": crc_s is not None, "r": r}
+    if method == "general":
+        neurons = select_general(shape, neur_s, ctrl_s, crc_s, agg=agg, t_mlp=t_mlp, t_attn=t_attn,
+                                 r=r, mlp_modules=tuple(mlp_modules), attn_modules=ATTN_MODULES)
+        params.update(t_mlp=t_mlp, t_attn=t_attn, mlp_modules=list(mlp_modules))
+    elif method == "specific":
+        neurons = select_specific(shape, neur_s, ctrl_s, crc_s, country, agg=agg, t=t, r=r,
+                                  z_min=z_min, modules=tuple(modules))
+        params.update(country=country, t=t, z_min=z_min, modules=list(modules))
+    else:
+        raise CulnigError(f"unknown selection method {method!r}; use general or specific")
+    ns = NeuronSet(model=model_block(shape, neur_s.meta.get("model", "")), method=f"culnig-{method}",
+                   neurons=neurons, params=params, sources=sources)
+    ns.validate(shape, source=str(out))
+    ns.save(out, force=force)
+    return ns

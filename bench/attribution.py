@@ -42,10 +42,10 @@ PAPER = {"model": "gemma-3-12b", "layers": 48, "gate": 15360, "up": 15360, "q": 
 
 
 def load(ref: str):
-    from culnig.cli import _resolve_model_ref
+    from culnig.models import resolve_model_ref
     from culnig.loading import load_model
 
-    return load_model(_resolve_model_ref(ref), dtype="fp32")
+    return load_model(resolve_model_ref(ref), dtype="fp32")
 
 
 def make_items(n: int) -> list[Item]:

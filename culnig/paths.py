@@ -18,10 +18,14 @@ def models_dir() -> Path:
 
 
 def tasks_dir() -> Path:
-    """The lm-eval include path: the folder of the ``culnig_tasks`` package."""
-    import culnig_tasks
+    """The lm-eval include path: the folder of the ``culnig_tasks`` package (found, not imported:
+    the kernel imports nothing above it)."""
+    from importlib.util import find_spec
 
-    return Path(culnig_tasks.__file__).resolve().parent
+    spec = find_spec("culnig_tasks")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the culnig_tasks package is not installed beside culnig")
+    return Path(list(spec.submodule_search_locations)[0]).resolve()
 
 
 def shared_data_dir() -> Path | None:

@@ -217,14 +217,3 @@ def layout_for(config: Any) -> ModelLayout:
         sites=sites,
     )
 
-
-def layout_for_path(path: str) -> ModelLayout:
-    """Resolve a local checkpoint directory's ``config.json`` without loading any weights."""
-    from pathlib import Path
-
-    from culnig.errors import CulnigError
-
-    cfg_file = Path(path) / "config.json"
-    if not cfg_file.is_file():
-        raise CulnigError(f"{path}: no config.json; pass a Hugging Face checkpoint directory")
-    return layout_for(json.loads(cfg_file.read_text()))

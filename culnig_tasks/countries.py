@@ -78,6 +78,8 @@ WVB_COUNTRIES: tuple[str, ...] = (
     "China", "Indonesia", "Iran", "Mexico", "South Korea", "UK", "USA")
 
 SOURCES = ("blend", "culturalbench", "normad", "wvs")
+# The paper's culture-specific countries (Table 2, Figure 4): one culture-specific set each.
+PAPER_COUNTRIES = ("China", "Indonesia", "Iran", "Mexico", "South Korea", "Spain", "UK", "USA")
 
 
 def _key(name: str) -> str:

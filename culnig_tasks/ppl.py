@@ -9,7 +9,7 @@ path:
 * plain lm-eval: ``lm_eval run --include_path DIR --tasks culnig_ppl_en,culnig_ppl_de ...``;
 * ``culnig eval --tasks 'culnig_ppl_*' ... -- --include_path DIR``;
 * ``culnig sweep``: ``lm_eval_args: [--include_path, DIR]`` and ``tasks: ['culnig_ppl_*']`` in
-  the config (:func:`culnig.sweep.resolve_tasks` resolves them there).
+  the config (:func:`culnig_tasks.lmeval.resolve_tasks` resolves them).
 
 lm-eval takes one include path, so a perplexity sweep lists only perplexity tasks (use a run dir
 of its own); the tasks are deliberately not in ``culnig_tasks/`` itself, whose ``culnig_*``
@@ -51,7 +51,7 @@ def split_documents(text: str, split: str) -> list[str]:
 
 
 def corpus_documents(paths: list[str], split: str) -> list[str]:
-    from culnig.corpora import resolve_files
+    from culnig_tasks.corpora import resolve_files
 
     docs: list[str] = []
     for source in paths:
@@ -84,7 +84,7 @@ def load(**kwargs):
 
 
 def corpus_sha256(paths: list[str]) -> str:
-    from culnig.corpora import resolve_files
+    from culnig_tasks.corpora import resolve_files
 
     h = hashlib.sha256()
     for source in paths:
@@ -97,7 +97,7 @@ def corpus_sha256(paths: list[str]) -> str:
 
 
 def task_config(name: str, paths: list[str], split: str = "paragraph") -> dict:
-    from culnig.corpora import check_name, resolve_files
+    from culnig_tasks.corpora import check_name, resolve_files
 
     check_name(name)
     if split not in SPLITS:
@@ -156,50 +156,6 @@ def write_tasks(corpora: dict[str, list[str]], out_dir: str | Path, *, split: st
         atomic_write_text(path, text)
         files.append(path)
     return files
-
-
-# --- sweeps: perplexity tasks from an include path ----------------------------------------------
-
-def include_path_of(lm_eval_args) -> str | None:
-    """The value of ``--include_path`` in extra lm-eval arguments (the last one wins, as in
-    lm-eval's own parser)."""
-    args = list(lm_eval_args or [])
-    found = None
-    for i, a in enumerate(args):
-        if a == "--include_path" and i + 1 < len(args):
-            found = args[i + 1]
-        elif a.startswith("--include_path="):
-            found = a.split("=", 1)[1]
-    return found
-
-
-def resolve_ppl_tasks(names: tuple[str, ...], include_path: str) -> tuple[list[str], dict[str, str]]:
-    """Like :func:`culnig.sweep.resolve_tasks`, for tasks of an extra include path."""
-    from lm_eval.tasks import TaskManager
-
-    from culnig.sweep import version_str
-
-    root = Path(include_path)
-    if not root.is_dir():
-        raise CulnigError(f"--include_path {include_path}: no such folder (write it with "
-                          "`culnig tasks ppl --out DIR`)")
-    tm = TaskManager(include_path=str(root), include_defaults=False)
-    resolved, missing = [], []
-    for n in names:
-        matched = tm.match_tasks([n]) if any(ch in n for ch in "*?[") else (
-            [n] if n in tm.task_index else [])
-        (resolved.extend(matched) if matched else missing.append(n))
-    if missing:
-        raise CulnigError(f"unknown task {missing[0]!r} in {include_path}; it holds: "
-                          f"{', '.join(sorted(tm.all_subtasks)) or 'no tasks'}")
-    resolved = [t for t in dict.fromkeys(resolved) if tm.task_index[t].kind.name != "TAG"]
-    versions = {}
-    for t in resolved:
-        entry = tm.task_index[t]
-        if entry.kind.name != "TASK":
-            raise CulnigError(f"{t!r} in {include_path} is a {entry.kind.name.lower()}; name tasks")
-        versions[t] = version_str(((entry.cfg or {}).get("metadata") or {}).get("version", "0"))
-    return resolved, versions
 
 
 def task_corpus(task: str) -> str | None:

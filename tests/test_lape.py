@@ -14,7 +14,7 @@ import torch
 from attribution.activations import ActivationStats, count_activations, iter_chunks
 from attribution.lape import (complement, evaluate_expression, intersect, lape_select, minus,
                               same_neurons, union)
-from culnig.corpora import Corpus, blend_local_corpora
+from culnig_tasks.corpora import Corpus, blend_local_corpora
 from culnig.errors import CulnigError
 from culnig.neuron_sets import ModelShape, NeuronSet, model_block
 from culnig.registry import layout_for
@@ -135,7 +135,7 @@ def test_chunking_and_max_tokens(tmp_path):
     capped = list(iter_chunks(corpus, tok, 31, max_tokens=40))
     assert [len(c) for c in capped] == [31, 9]
     # a datasets source (a local dataset folder; hub ids stream the same way) and a .jsonl file
-    from culnig.corpora import parse_corpora
+    from culnig_tasks.corpora import parse_corpora
 
     (tmp_path / "ds").mkdir()
     rows = [json.dumps({"text": line}) for line in corpus.documents()]
@@ -172,8 +172,7 @@ def test_activations_cli_resume_and_file(tiny_llama, corpus_files, tmp_path, mon
 
     out = tmp_path / "resumed.safetensors"
     monkeypatch.setattr(act_mod, "_save_partial", flaky_save)
-    with pytest.raises(KeyboardInterrupt):
-        culnig_main(*args, "--out", str(out))
+    assert culnig_main(*args, "--out", str(out)) == 130  # Ctrl-C: one line, exit 130
     monkeypatch.setattr(act_mod, "_save_partial", real_save)
     assert (tmp_path / "resumed.safetensors.partial").is_file() and not out.exists()
     assert "--resume" in error_of(capsys, *args, "--out", str(out))
@@ -471,7 +470,7 @@ def test_ppl_sweep_and_lape_report(lape_sets, tiny_llama, corpus_files, tmp_path
     assert culnig_main("sweep", str(tmp_path / "sweep.yaml")) == 0
     results = sorted(p.name for p in (tmp_path / "run" / "results" / "tiny").iterdir())
     assert results == ["orig", "specific_greece", "specific_south_korea"]
-    from culnig.sweep import resolve_tasks
+    from culnig_tasks.lmeval import resolve_tasks
 
     assert sorted(resolve_tasks(("culnig_ppl_*",), ("--include_path", str(tasks)))[0]) == [
         "culnig_ppl_greece", "culnig_ppl_south_korea"]
@@ -497,7 +496,7 @@ def test_ppl_sweep_and_lape_report(lape_sets, tiny_llama, corpus_files, tmp_path
     ov = pd.read_csv(out / "overlap.csv")
     assert len(ov) == 3 and ((ov["jaccard"] >= 0) & (ov["jaccard"] <= 1)).all()
     # the main report skips the perplexity tasks instead of failing on their metrics
-    from culnig.report import load_run
+    from culnig.reports.runs import load_run
 
     assert load_run(tmp_path / "run").benches == []
     assert "nothing to report" in error_of(capsys, "report-lape", "--out", str(tmp_path / "r2"))
@@ -505,9 +504,10 @@ def test_ppl_sweep_and_lape_report(lape_sets, tiny_llama, corpus_files, tmp_path
 
 def test_example_sweep_config_parses(tmp_path, monkeypatch):
     from culnig import sweep
-    from culnig_tasks.ppl import include_path_of
+    from culnig.sweep import config as sweep_config
+    from culnig_tasks.lmeval import include_path_of
 
-    monkeypatch.setattr(sweep, "_resolve_model", lambda ref: tmp_path / Path(ref).name)
+    monkeypatch.setattr(sweep_config, "_resolve_model", lambda ref: tmp_path / Path(ref).name)
     cfg = sweep.load_config(Path(__file__).parent.parent / "harness_configs" / "sweep-lape-cpu.yaml")
     (m,) = cfg.models
     assert [c.name for c in m.checkpoints][:2] == ["orig", "specific_usa"] and len(m.checkpoints) == 7
@@ -523,7 +523,7 @@ def test_demo_lape_masks_raise_own_language_most(demo_model, shared_data, tmp_pa
     """Gemma-3 270M, BLEnD local-language corpora (5 languages, 6,000 tokens each for the
     statistics, 3 held-out paragraphs each for perplexity): on every language's held-out text, the
     language's own LAPE mask raises byte perplexity more than the other masks do on average
-    (README, "LAPE / CAPE baseline", has the measured matrices; on that text the own mask is not
+    (docs/lape-cape.md has the measured matrices; on that text the own mask is not
     always the single most damaging one, so that is not asserted), and masking the English set
     changes no language by 2 % or more."""
     from lm_eval.evaluator import simple_evaluate
@@ -531,7 +531,7 @@ def test_demo_lape_masks_raise_own_language_most(demo_model, shared_data, tmp_pa
 
     from attribution.activations import run_activations
     from culnig.cli import main
-    from culnig.corpora import parse_corpora
+    from culnig_tasks.corpora import parse_corpora
     from masking.bake import bake
 
     made = blend_local_corpora(shared_data / "blend", tmp_path / "corpora",

@@ -79,7 +79,7 @@ def test_wvs_score_c_from_the_most_likely_digit_including_ten():
     import importlib.util
 
     from culnig.paths import tasks_dir
-    from culnig_tasks import loglik, wvs
+    from culnig_tasks import loglik, worldvaluesbench
 
     spec = importlib.util.spec_from_file_location("wvs_utils", tasks_dir() / "worldvaluesbench" /
                                                   "utils.py")
@@ -94,7 +94,8 @@ def test_wvs_score_c_from_the_most_likely_digit_including_ten():
     assert utils.process_results_ll(doc, lls) == {"acc": 1.0, "acc_norm": 1.0, "score_c": 1.0}
     lls[9], lls[2] = (-5.0, False), (-0.5, False)  # "3" wins
     out = utils.process_results_ll(doc, lls)
-    assert out["acc"] == 0.0 and math.isclose(out["score_c"], wvs.score_c("3", "10", 1, 10))
+    assert out["acc"] == 0.0 and math.isclose(out["score_c"],
+                                              worldvaluesbench.score_c("3", "10", 1, 10))
     # acc_norm divides by the option's length: -3.0 over "10" (2 chars) beats -2.0 over "4".
     lls = [(-9.0, False)] * 10
     lls[3], lls[9] = (-2.0, False), (-3.0, False)

@@ -17,7 +17,8 @@ from safetensors import safe_open
 from culnig.errors import CulnigError
 from culnig.loading import load_model
 from culnig.neuron_sets import NeuronSet, file_sha256
-from culnig.registry import MODULES, ModelLayout, layout_for_path
+from culnig.registry import MODULES, ModelLayout
+from culnig.loading import layout_of
 from culnig.testing import ARCH_NAMES, save_tiny_checkpoint
 from masking.bake import bake, is_baked, prepare_request
 from masking.hooks import masked
@@ -98,7 +99,7 @@ def no_leftovers(out: Path) -> None:
 
 @lru_cache(maxsize=None)
 def _baked(src: str, scale: float, root: str) -> tuple[Path, Path]:
-    layout = layout_for_path(src)
+    layout = layout_of(src)
     set_path = Path(root) / f"{Path(src).name}-set.json"
     make_set(layout, set_path)
     out = Path(root) / f"{Path(src).name}-x{scale:g}"
@@ -141,7 +142,7 @@ def test_hooked_logits_equal_baked_logits(arch, baked):
 @pytest.mark.parametrize("arch", ARCH_NAMES)
 def test_only_selected_rows_change_and_everything_else_is_byte_identical(arch, baked):
     src, set_path, out = baked(arch)
-    layout = layout_for_path(src)
+    layout = layout_of(src)
     before, after = tensors(src), tensors(out)
     assert before.keys() == after.keys()
     edit = expected_rows(layout, NeuronSet.load(set_path), set(before))
@@ -260,7 +261,7 @@ def test_qk_norm_zeroing_the_row_equals_zeroing_before_the_norm(arch, ckpt, tmp_
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_sharded_checkpoint_rewrites_only_shards_with_edits(arch, ckpt, tmp_path):
     src = ckpt(arch, shards=3)
-    layout = layout_for_path(src)
+    layout = layout_of(src)
     index = json.loads((src / "model.safetensors.index.json").read_text())["weight_map"]
     layer = layout.n_layers - 1
     ns = make_set(layout, tmp_path / "s.json", modules=("gate",), layers=[layer])
@@ -283,7 +284,7 @@ def test_sharded_checkpoint_rewrites_only_shards_with_edits(arch, ckpt, tmp_path
 
 def test_bf16_keeps_dtype_and_doubles_exactly(ckpt, tmp_path):
     src = ckpt("llama", dtype=torch.bfloat16)
-    layout = layout_for_path(src)
+    layout = layout_of(src)
     ns = make_set(layout, tmp_path / "s.json", modules=("up", "v"))
     bake(str(src), tmp_path / "s.json", tmp_path / "out", scale=2.0)
     before, after = tensors(src), tensors(tmp_path / "out")
@@ -295,7 +296,7 @@ def test_bf16_keeps_dtype_and_doubles_exactly(ckpt, tmp_path):
 def test_manifest_records_the_bake_and_matches_only_the_same_request(baked, tmp_path):
     src, set_path, out = baked("mistral")
     manifest = json.loads((out / MANIFEST).read_text())
-    layout = layout_for_path(src)
+    layout = layout_of(src)
     assert manifest["format"] == "culnig-mask/1"
     assert manifest["source"]["path"] == str(src.resolve())
     assert "revision" in manifest["source"] and manifest["source"]["revision"] is None
@@ -326,7 +327,7 @@ def test_manifest_records_the_bake_and_matches_only_the_same_request(baked, tmp_
 # --- command line and bad input ------------------------------------------------------------------
 def test_cli_bake_then_refuses_existing_output_without_force(ckpt, tmp_path):
     src = ckpt("qwen3")
-    make_set(layout_for_path(src), tmp_path / "s.json")
+    make_set(layout_of(src), tmp_path / "s.json")
     out = tmp_path / "out"
     proc = run_culnig("bake", "--model", str(src), "--set", str(tmp_path / "s.json"),
                       "--out", str(out), "--scale", "0")
@@ -349,14 +350,14 @@ def _bad_bake(tmp_path, model: str, set_path: Path, out: Path, env: dict | None 
 
 
 def test_cli_refuses_a_set_from_another_model(ckpt, tmp_path):
-    make_set(layout_for_path(ckpt("llama")), tmp_path / "llama.json")
+    make_set(layout_of(ckpt("llama")), tmp_path / "llama.json")
     line = _bad_bake(tmp_path, str(ckpt("mistral")), tmp_path / "llama.json", tmp_path / "out")
     assert "fingerprint" in line and "llama" in line and "mistral" in line
 
 
 def test_cli_refuses_an_index_out_of_range_naming_module_layer_index(ckpt, tmp_path):
     src = ckpt("phi3")
-    layout = layout_for_path(src)
+    layout = layout_of(src)
     data = make_set(layout, tmp_path / "ok.json").to_json()
     n = layout.n_neurons("k")
     data["neurons"]["k"]["1"] = [0, n]
@@ -367,7 +368,7 @@ def test_cli_refuses_an_index_out_of_range_naming_module_layer_index(ckpt, tmp_p
 
 def test_cli_refuses_an_unwritable_output_location(ckpt, tmp_path):
     src = ckpt("llama")
-    make_set(layout_for_path(src), tmp_path / "s.json")
+    make_set(layout_of(src), tmp_path / "s.json")
     (tmp_path / "a-file").write_text("not a folder\n")
     out = tmp_path / "a-file" / "masked"
     proc = run_culnig("bake", "--model", str(src), "--set", str(tmp_path / "s.json"), "--out", str(out))
@@ -378,7 +379,7 @@ def test_cli_refuses_an_unwritable_output_location(ckpt, tmp_path):
 
 def test_cli_refuses_pickle_only_checkpoints_and_says_why(ckpt, tmp_path):
     src = ckpt("llama")
-    make_set(layout_for_path(src), tmp_path / "s.json")
+    make_set(layout_of(src), tmp_path / "s.json")
     pickled = tmp_path / "pickled"
     pickled.mkdir()
     shutil.copy(src / "config.json", pickled / "config.json")
@@ -389,7 +390,7 @@ def test_cli_refuses_pickle_only_checkpoints_and_says_why(ckpt, tmp_path):
 
 
 def test_cli_hub_id_offline_is_a_clear_error(ckpt, tmp_path):
-    make_set(layout_for_path(ckpt("llama")), tmp_path / "s.json")
+    make_set(layout_of(ckpt("llama")), tmp_path / "s.json")
     line = _bad_bake(tmp_path, "culnig-nonexistent/no-such-model", tmp_path / "s.json",
                      tmp_path / "out", env={"HF_HUB_OFFLINE": "1"})
     assert "culnig-nonexistent/no-such-model" in line and "hub" in line
@@ -398,7 +399,7 @@ def test_cli_hub_id_offline_is_a_clear_error(ckpt, tmp_path):
 def test_output_overlapping_the_source_is_refused(ckpt, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(ckpt("llama"), src)
-    make_set(layout_for_path(src), tmp_path / "s.json")
+    make_set(layout_of(src), tmp_path / "s.json")
     with pytest.raises(CulnigError, match="overlaps the source"):
         bake(str(src), tmp_path / "s.json", src, force=True)
     with pytest.raises(CulnigError, match="overlaps the source"):
@@ -410,7 +411,7 @@ def test_crash_mid_bake_leaves_no_folder_and_keeps_an_existing_one(ckpt, tmp_pat
     import masking.bake as bake_mod
 
     src = ckpt("llama", shards=3)
-    make_set(layout_for_path(src), tmp_path / "s.json")
+    make_set(layout_of(src), tmp_path / "s.json")
     real = bake_mod.write_scaled
 
     def crash(src_file, dst_file, *args, **kwargs):
@@ -451,7 +452,7 @@ def test_cli_verify_passes_on_a_bake_and_refuses_another_sets_folder(baked, tmp_
     assert data["ok"] and data["scale"] == 2.0 and data["max_abs_diff"] <= 1e-5
     assert data["mask_effect"] > 1e-3 and data["vllm_tokens"] is None
     other = tmp_path / "other.json"
-    make_set(layout_for_path(src), other, seed=3)
+    make_set(layout_of(src), other, seed=3)
     proc = run_culnig("verify", "--model", str(src), "--set", str(other), "--masked", str(out))
     assert "baked from another set" in single_error(proc)
 
@@ -461,7 +462,7 @@ def test_cli_verify_passes_on_a_bake_and_refuses_another_sets_folder(baked, tmp_
 def test_baked_demo_model_matches_hooks_and_vllm_greedy_tokens(demo_model, tmp_path):
     """One vLLM engine: `culnig verify --vllm` on a baked demo checkpoint (1% of the gate neurons of
     three layers and 16 q neurons zeroed)."""
-    layout = layout_for_path(demo_model)
+    layout = layout_of(demo_model)
     rng = np.random.default_rng(0)
     neurons = {"gate": {layer: rng.choice(layout.n_neurons("gate"), layout.n_neurons("gate") // 100,
                                           replace=False) for layer in (2, 8, 14)},

@@ -10,7 +10,8 @@ import torch
 from safetensors import safe_open
 
 from culnig.errors import UnsupportedArchitecture
-from culnig.registry import MODULES, layout_for, layout_for_path, supported_model_types
+from culnig.registry import MODULES, layout_for, supported_model_types
+from culnig.loading import layout_of
 from culnig.testing import ARCH_NAMES, save_tiny_checkpoint, tiny_config, tiny_model, tiny_tokenizer
 
 # Per-layer neuron counts of the tiny models, written out by hand from tiny_models' configs
@@ -196,7 +197,7 @@ def test_qk_norm_flag_matches_modules(arch):
 def test_checkpoint_tensor_names_resolve(arch, checkpoints):
     path = checkpoints(arch)
     shapes = _checkpoint_keys(path)
-    layout = layout_for_path(str(path))
+    layout = layout_of(str(path))
     assert layout.fingerprint == layout_for(_model(arch)[0].config).fingerprint
     for layer in range(layout.n_layers):
         for m in MODULES:
@@ -235,7 +236,7 @@ def test_gemma3_checkpoint_uses_hub_names_and_vision_never_matches(checkpoints):
     # The vision tower has q/k/v projections in an encoder "layers.0" too; the registry must not
     # resolve to any of them.
     assert "vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight" in keys
-    layout = layout_for_path(str(path))
+    layout = layout_of(str(path))
     candidates = {
         n for layer in range(layout.n_layers) for m in MODULES for kind in ("weight", "bias")
         for n in layout.tensor_names(layer, m, kind)
@@ -255,7 +256,7 @@ def test_sharded_checkpoint_loads_back_identically(arch, checkpoints):
     assert not (path / "model.safetensors").exists()
     shapes = _checkpoint_keys(path)
     assert set(index["weight_map"]) == set(shapes)
-    layout = layout_for_path(str(path))
+    layout = layout_of(str(path))
     for layer in range(layout.n_layers):
         for m in MODULES:
             assert any(n in index["weight_map"] for n in layout.tensor_names(layer, m))

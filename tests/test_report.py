@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import shutil
 import statistics
 import subprocess
@@ -17,8 +18,12 @@ import pytest
 
 from culnig import stats
 from culnig.errors import CulnigError
-from culnig.report import load_run, make_report, table2, table15
-from culnig.sweep import EVAL_FORMAT, EVAL_RECORD
+from culnig.neuron_sets import NeuronSet
+from culnig.reports.figures import plot_layer_distribution, recorded_layers_png
+from culnig.reports.paper import make_report, table2, table15
+from culnig.reports.render import Section, html_table, md_table, render_page
+from culnig.reports.runs import load_run
+from culnig.results import EVAL_FORMAT, EVAL_RECORD
 from culnig_tasks.countries import BLEND_COUNTRIES
 from tests.conftest import run_culnig, single_error
 
@@ -398,3 +403,76 @@ def test_tampered_results_and_leftovers(synth, tmp_path):
 
 def test_empty_run_dir_is_one_clear_line(tmp_path):
     assert "no results/ folder" in single_error(run_culnig("report", str(tmp_path)))
+
+
+# --- rendering and figures ----------------------------------------------------------------------
+def test_tables_format_cells_and_escape():
+    df = pd.DataFrame({"name": ["a|b", "<c>"], "x": [0.12345, float("nan")], "n": [3, 4],
+                       "ok": [True, False]})
+    md = md_table(df, 2).splitlines()
+    cells = [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in md]
+    assert cells[0] == ["name", "x", "n", "ok"]
+    assert cells[2:] == [["a\\|b", "0.12", "3", "yes"], ["<c>", "—", "4", "no"]]
+    assert md_table(df.iloc[:0]) == "_(nothing to show)_\n"
+    page = html_table(df, 2, sortable=True, table_id="t")
+    p = _Collect()
+    p.feed(page)
+    assert p.tables == {"t": 3} and 'class="dataframe sortable"' in page
+    assert "&lt;c&gt;" in page and "<c>" not in page and "<td>0.12</td>" in page
+    md_page, html_page = render_page("a <b>", [Section("S", "text", "<p>x</p>")], "intro & more")
+    assert md_page.startswith("# a <b>\n\nintro & more\n\n## S\n\ntext")
+    assert "<title>a &lt;b&gt;</title>" in html_page and "<p>intro &amp; more</p>" in html_page
+    assert "<h2>S</h2>\n<p>x</p>" in html_page and "<script>" not in html_page
+
+
+def test_layer_plot_from_records_equals_plot_of_the_sets(synth, tmp_path):
+    """The report rebuilds each set from the per-layer counts in its record: the figure is the one
+    `plot_layer_distribution` draws from the sets themselves (one random set shown)."""
+    run = load_run(synth[0])
+    got = recorded_layers_png(run.of_model("m1"))
+    sets = {cp: NeuronSet(model={"n_layers": 2}, method="x", neurons={"gate": {0: np.arange(n)}})
+            for cp, n in (("general", 30), ("random_seed0", 30), ("specific_uk", 7),
+                          ("specific_usa", 7))}
+    path = plot_layer_distribution(sets, tmp_path / "sub" / "layers.png")
+    assert path == tmp_path / "sub" / "layers.png" and got == path.read_bytes()
+    assert got[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_layer_distribution(sets, tmp_path / "layers.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+# --- damaged result folders: one line naming the file, never a silently missing checkpoint ---------
+def test_unreadable_record_is_an_error_naming_it(synth, tmp_path):
+    run_dir = _copy(synth[0], tmp_path)
+    (run_dir / "results/m1/general/culnig_eval.json").write_text("{trunc")
+    proc = run_culnig("report", str(run_dir))
+    assert "m1/general: no readable culnig_eval.json" in single_error(proc)
+    proc = run_culnig("report", str(run_dir), "--allow-mixed", "--resamples", "20")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "culnig: warning: results/m1/general: no readable" in proc.stderr
+    assert "m1/general: no readable" in (run_dir / "report/report.md").read_text()
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"results": {', "not a readable lm-eval results file"),
+    ("[]", "not an lm-eval results file"),
+])
+def test_damaged_results_file_is_one_line(synth, tmp_path, content, message):
+    run_dir = _copy(synth[0], tmp_path)
+    res = next((run_dir / "results/m1/general").glob("results_*.json"))
+    res.write_text(content)
+    rec_path = run_dir / "results/m1/general/culnig_eval.json"
+    rec = json.loads(rec_path.read_text())
+    rec["results_sha256"] = hashlib.sha256(res.read_bytes()).hexdigest()  # only the content is bad
+    rec_path.write_text(json.dumps(rec))
+    assert message in single_error(run_culnig("report", str(run_dir), "--allow-mixed"))
+
+
+@pytest.mark.parametrize("damage,message", [("missing", "logged samples cannot be read"),
+                                            ("truncated", "not a JSON sample")])
+def test_damaged_samples_file_is_one_line(synth, tmp_path, damage, message):
+    run_dir = _copy(synth[0], tmp_path)
+    sample = next((run_dir / "results/m1/general").glob("samples_*.jsonl"))
+    if damage == "missing":
+        sample.unlink()
+    else:
+        sample.write_text(sample.read_text()[:-40])
+    assert message in single_error(run_culnig("report", str(run_dir), "--allow-mixed"))

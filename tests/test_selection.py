@@ -166,11 +166,11 @@ def test_select_cli_roundtrip(tmp_path):
 def test_modules_for_finetuning(tmp_path):
     """Hand-checked on a tiny Llama: per-block parameter counts from the headers, budget, order."""
     from attribution.finetune_modules import choose_modules, tensor_shapes
-    from culnig.registry import layout_for_path
+    from culnig.loading import layout_of
     from culnig.testing import save_tiny_checkpoint
 
     path = save_tiny_checkpoint("llama", tmp_path / "m", seed=0)
-    layout = layout_for_path(path)
+    layout = layout_of(path)
     sizes = tensor_shapes(path)
     H, I, q, kv = layout.hidden_size, layout.intermediate_size, layout.n_neurons("q"), layout.n_neurons("k")
     ns = NeuronSet.from_indices(layout, "hand", {"gate": {1: range(10), 0: [1]}, "q": {0: [0, 1, 2]}})

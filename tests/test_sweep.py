@@ -17,9 +17,14 @@ import pytest
 import yaml
 
 import culnig.sweep as sweep
+import culnig.sweep.config as sweep_config
+from culnig import evaluate
+from culnig.results import EVAL_RECORD
+from culnig_tasks.countries import PAPER_COUNTRIES
+from culnig_tasks.lmeval import resolve_tasks
 from culnig.errors import CulnigError
 from culnig.neuron_sets import NeuronSet
-from culnig.registry import layout_for_path
+from culnig.loading import layout_of
 from tests.conftest import run_culnig, single_error
 
 TASK = "commonsenseqa_paper_v1"
@@ -32,7 +37,7 @@ def tiny(tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("sweep")
     model = save_tiny_checkpoint("llama", root / "tiny-llama")
-    layout = layout_for_path(str(model))
+    layout = layout_of(str(model))
     sets = root / "sets"
     sets.mkdir()
     NeuronSet.from_indices(layout, "culnig-general", {"gate": {0: [1, 2, 3], 1: [4]}, "q": {1: [0, 2]}},
@@ -71,7 +76,7 @@ def _hashes(folder: Path) -> dict[str, str]:
 def test_real_sweep_interrupted_resumed_and_reported(tiny, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     cfg_path = _config(tiny, run_dir)
-    real = sweep.evaluate_checkpoint
+    real = evaluate.evaluate_checkpoint
     calls = []
 
     def dies_on_second(model_path, out_dir, *args, **kwargs):
@@ -81,7 +86,7 @@ def test_real_sweep_interrupted_resumed_and_reported(tiny, tmp_path, monkeypatch
             raise KeyboardInterrupt  # the user pressed Ctrl-C
         return real(model_path, out_dir, *args, **kwargs)
 
-    monkeypatch.setattr(sweep, "evaluate_checkpoint", dies_on_second)
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", dies_on_second)
     with pytest.raises(KeyboardInterrupt):
         sweep.run_sweep(sweep.load_config(cfg_path), progress=False)
     results = run_dir / "results" / "tiny"
@@ -91,7 +96,7 @@ def test_real_sweep_interrupted_resumed_and_reported(tiny, tmp_path, monkeypatch
     assert {Path(f).suffix for f in orig_files} == {".json", ".jsonl", ".log"}  # log: lm-eval's output
     # a hard kill (no clean-up) leaves a temporary folder: the next run must not mistake it
     (results / ".general.tmp-99999" / "lm_eval").mkdir(parents=True)
-    monkeypatch.setattr(sweep, "evaluate_checkpoint", real)
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", real)
 
     # Resume from the command line, every evaluation in its own process this time (isolation
     # does not change results, so the finished one stays complete).
@@ -107,11 +112,11 @@ def test_real_sweep_interrupted_resumed_and_reported(tiny, tmp_path, monkeypatch
     assert sorted(p.name for p in results.iterdir()) == ["general", "orig", "random_seed0",
                                                           "random_seed1"]
     for cp in ("orig", "general", "random_seed0", "random_seed1"):
-        rec = json.loads((results / cp / sweep.EVAL_RECORD).read_text())
+        rec = json.loads((results / cp / EVAL_RECORD).read_text())
         assert rec["settings"]["limit"] == 4.0 and rec["settings"]["backend"] == "hf"
         assert rec["versions"] == {TASK: "1.0"}
         assert (results / cp / rec["samples_files"][TASK]).is_file()
-    gen = json.loads((results / "general" / sweep.EVAL_RECORD).read_text())
+    gen = json.loads((results / "general" / EVAL_RECORD).read_text())
     assert gen["set"]["counts"]["total"] == 6 and gen["checkpoint_key"]["scale"] == 0.0
     assert (results / "general" / "eval.log").is_file()
 
@@ -119,7 +124,7 @@ def test_real_sweep_interrupted_resumed_and_reported(tiny, tmp_path, monkeypatch
     def must_not_run(*a, **k):
         raise AssertionError("a complete result was evaluated again")
 
-    monkeypatch.setattr(sweep, "evaluate_checkpoint", must_not_run)
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", must_not_run)
     summary = sweep.run_sweep(sweep.load_config(cfg_path), progress=False)
     assert (summary.skipped, summary.evaluated, summary.baked) == (4, 0, 0)
     all_files = _hashes(results)
@@ -148,9 +153,10 @@ def test_real_sweep_interrupted_resumed_and_reported(tiny, tmp_path, monkeypatch
 def fake_evaluator(calls: list):
     """Writes what lm-eval writes (results + samples under out_dir/<model>/), instantly."""
 
-    def evaluate(model_path, out_dir, settings, tasks, **kwargs):
+    def evaluate(model_path, out_dir, settings, **kwargs):
+        tasks = settings.tasks
         calls.append(Path(model_path).name)
-        _, versions = sweep.resolve_tasks(tuple(tasks))
+        _, versions = resolve_tasks(tuple(tasks))
         d = out_dir / "fake_model"
         d.mkdir(parents=True)
         date = f"2026-01-01T00-00-{len(calls):02d}.000000"
@@ -167,7 +173,7 @@ def fake_evaluator(calls: list):
 
 def test_stale_results_force_and_delete_masked(tiny, tmp_path, monkeypatch):
     calls: list = []
-    monkeypatch.setattr(sweep, "evaluate_checkpoint", fake_evaluator(calls))
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", fake_evaluator(calls))
     run_dir = tmp_path / "run"
     cfg = sweep.load_config(_config(tiny, run_dir, delete_masked=True))
     summary = sweep.run_sweep(cfg, progress=False)
@@ -198,7 +204,7 @@ def test_stale_results_force_and_delete_masked(tiny, tmp_path, monkeypatch):
 
 def test_random_like_general_and_specific_sets_dry_run(tiny, tmp_path, monkeypatch):
     calls: list = []
-    monkeypatch.setattr(sweep, "evaluate_checkpoint", fake_evaluator(calls))
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", fake_evaluator(calls))
     run_dir = tmp_path / "run"
     path = _config(tiny, run_dir, models={
         "random": {"like": "general", "seeds": "0-2"},
@@ -220,7 +226,7 @@ def test_random_like_general_and_specific_sets_dry_run(tiny, tmp_path, monkeypat
     first = _hashes(drawn)
     summary = sweep.run_sweep(sweep.load_config(path), progress=False)
     assert summary.evaluated == 7 and _hashes(drawn) == first  # the same draws
-    rec = json.loads((run_dir / "results/tiny/specific_usa" / sweep.EVAL_RECORD).read_text())
+    rec = json.loads((run_dir / "results/tiny/specific_usa" / EVAL_RECORD).read_text())
     assert (rec["kind"], rec["country"]) == ("specific", "USA")
 
 
@@ -242,13 +248,13 @@ def test_example_configs_parse(name, per_model, tmp_path, monkeypatch):
     """The configs in harness_configs/ name valid keys, tasks and countries (models not needed)."""
     monkeypatch.setenv("CULNIG_MODELS", str(tmp_path))
     monkeypatch.setenv("CULNIG_SETS", str(tmp_path / "sets"))
-    monkeypatch.setattr(sweep, "_resolve_model", lambda ref: tmp_path / Path(ref).name)
+    monkeypatch.setattr(sweep_config, "_resolve_model", lambda ref: tmp_path / Path(ref).name)
     cfg = sweep.load_config(Path(__file__).parent.parent / "harness_configs" / f"{name}.yaml")
     for m in cfg.models:
         assert len(m.checkpoints) == per_model
-        assert {c.country for c in m.checkpoints if c.kind == "specific"} == set(sweep.PAPER_COUNTRIES)
+        assert {c.country for c in m.checkpoints if c.kind == "specific"} == set(PAPER_COUNTRIES)
         assert all(str(c.set_path).startswith(str(tmp_path)) for c in m.checkpoints
                    if c.kind == "specific" and name == "sweep-paper-gpu")
-    tasks, versions = sweep.resolve_tasks(cfg.settings.tasks)
+    tasks, versions = resolve_tasks(cfg.settings.tasks)
     assert tasks and all(t.startswith(("culnig_", "culnigll_")) for t in tasks)
     assert all(v == "1.0" for v in versions.values())

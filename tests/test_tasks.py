@@ -224,17 +224,17 @@ def test_without_chat_template_blend_has_no_prefix_and_wvb_no_system(use_data):
 
     from culnig.paths import tasks_dir
 
-    def utils(folder):
-        spec = importlib.util.spec_from_file_location(f"u_{folder}", tasks_dir() / folder / "utils.py")
+    def utils(hooks):
+        spec = importlib.util.spec_from_file_location(f"u_{hooks}", tasks_dir() / hooks)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         return mod
 
     off = {"culnig_chat_template": False}
-    assert {d["answer_prefix"] for d in utils("blend_mcq").load(1, **off)["test"]} == {""}
-    assert {d["answer_prefix"] for d in utils("blend_mcq").load(1)["test"]} == {'{"answer_choice":"'}
-    assert {d["system"] for d in utils("worldvaluesbench").load(3, **off)["test"]} == {""}
-    assert {d["system"] for d in utils("worldvaluesbench").load(3)["test"]} == {
+    assert {d["answer_prefix"] for d in utils("blend/mcq.py").load(1, **off)["test"]} == {""}
+    assert {d["answer_prefix"] for d in utils("blend/mcq.py").load(1)["test"]} == {'{"answer_choice":"'}
+    assert {d["system"] for d in utils("worldvaluesbench/utils.py").load(3, **off)["test"]} == {""}
+    assert {d["system"] for d in utils("worldvaluesbench/utils.py").load(3)["test"]} == {
         "Behave as if you are from China.", "Behave as if you are from Great Britain.",
         "Behave as if you are from United States."}
 
@@ -297,12 +297,12 @@ def test_blend_saq_items(use_data):
 
 
 def test_countryrc_items(use_data):
-    from culnig_tasks import countryrc
+    from culnig_tasks import country_rc
     from culnig_tasks.countries import BLEND_COUNTRIES
 
-    assert countryrc.stable_seed("abc") == 0x90015098  # md5("abc") = 90015098...
+    assert country_rc.stable_seed("abc") == 0x90015098  # md5("abc") = 90015098...
     for variant in (1, 2, 3, 4):
-        items = countryrc.items("test", variant)
+        items = country_rc.items("test", variant)
         assert len(items) == 200
         assert Counter(i["country"] for i in items) == {c: 25 for c in (
             "China", "Indonesia", "Iran", "Mexico", "South Korea", "Spain", "UK", "USA")}
@@ -310,14 +310,14 @@ def test_countryrc_items(use_data):
         for i in items:
             assert i["options"].count(i["country"]) == 1 and len(set(i["options"])) == 4
             assert set(i["options"]) <= set(BLEND_COUNTRIES)
-            labels = countryrc.labels(variant)
+            labels = country_rc.labels(variant)
             assert i["gold"] == labels[i["options"].index(i["country"])]
             assert i["prompt"].count(f"\n{i['gold']}. {i['country']}\n") == 1
             if i["country_dummy"]:
                 assert i["country_dummy"] in i["options"] and i["country_dummy"] != i["country"]
-    neur = countryrc.items("neur", 1)
+    neur = country_rc.items("neur", 1)
     assert {i["id"] for i in neur} == {str(k) for k in range(25)}
-    assert countryrc.items("test", 2) == countryrc.items("test", 2)  # deterministic
+    assert country_rc.items("test", 2) == country_rc.items("test", 2)  # deterministic
 
 
 def test_countries_canonical_table():
@@ -342,8 +342,8 @@ def test_glue_sizes(use_data):
 
     from culnig.paths import tasks_dir
 
-    for folder, n in (("glue_qnli", 5463), ("glue_mrpc", 1713)):
-        spec = importlib.util.spec_from_file_location(f"u_{folder}", tasks_dir() / folder / "utils.py")
+    for hooks, n in (("qnli", 5463), ("mrpc", 1713)):
+        spec = importlib.util.spec_from_file_location(f"u_{hooks}", tasks_dir() / "glue" / f"{hooks}.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         assert len(mod.rows()) == n
@@ -369,13 +369,13 @@ def test_wvs_majority_command_on_synthetic_tsvs(data_dir):
 
 
 def test_wvs_majority_missing_is_one_clear_error(tmp_path, monkeypatch):
-    from culnig_tasks import wvs
+    from culnig_tasks import worldvaluesbench
     from culnig_tasks.data import DataUnavailable
 
     monkeypatch.setenv("CULNIG_DATA_DIR", str(tmp_path))
-    monkeypatch.delenv(wvs.MAJORITY_ENV, raising=False)
+    monkeypatch.delenv(worldvaluesbench.MAJORITY_ENV, raising=False)
     with pytest.raises(DataUnavailable, match="culnig data wvs-majority") as err:
-        wvs.majority_path()
+        worldvaluesbench.majority_path()
     assert "Demon702/WorldValuesBench" in str(err.value) and "CULNIG_WVB_MAJORITY" in str(err.value)
 
 
@@ -395,23 +395,12 @@ def test_wvs_majority_missing_is_one_clear_error(tmp_path, monkeypatch):
     ("\u00b2", 2, 1, 4, 0.0),     # superscript two: isdigit() but not a number
 ])
 def test_score_c(pred, gold, lo, hi, expected):
-    from culnig_tasks.wvs import score_c
+    from culnig_tasks.worldvaluesbench import score_c
 
     assert score_c(pred, gold, lo, hi) == pytest.approx(expected)
 
 
-# --- SAQ judge -----------------------------------------------------------------------------------
-JUDGES = {"en": "simplemma-en", "es": "simplemma-es", "el": "simplemma-el", "id": "simplemma-id",
-          "fa": "simplemma-fa", "ar": "simplemma-ar", "zh": "jieba", "ko": "tokens",
-          "su": "tokens", "ha": "tokens", "am": "tokens", "as": "tokens", "az": "tokens"}
-
-
-def test_saq_judge_names():
-    from culnig_tasks.saq_judge import judge_name
-
-    assert {lang: judge_name(lang) for lang in JUDGES} == JUDGES
-
-
+# --- SAQ judge (judge names and per-language cases: tests/test_saq_judge.py) --------------------
 def test_saq_judge_per_culture_on_real_annotations(use_data):
     """For every culture: a response quoting an annotated answer inside a sentence is correct,
     one quoting another culture's unrelated answer is not."""

@@ -1,24 +1,20 @@
 """CountryRC, test half (records 25-49) x 8 countries = 200 items per variant, paper Table 8.
 
-Variants 1-2 letter the options A-D, 3-4 number them 1-4 (``culnig_tasks.countryrc``).
+Variants 1-2 letter the options A-D, 3-4 number them 1-4 (``culnig_tasks.country_rc``).
 """
 
 from functools import partial
 
-from culnig_tasks import loglik, countryrc
+from culnig_tasks import country_rc, loglik
 from culnig_tasks.lmeval import as_dataset, process_exact
 
 
-def render(variant: int, record: dict, country: str) -> str:
-    return countryrc.build_item(record, variant, country)["prompt"]
-
-
 def doc_to_choices(doc: dict) -> list[str]:
-    return list(countryrc.labels(doc["variant"]))
+    return list(country_rc.labels(doc["variant"]))
 
 
 def load(variant: int, split: str = "test", **kwargs):
-    return as_dataset(countryrc.items(split, variant), meta=kwargs)
+    return as_dataset(country_rc.items(split, variant), meta=kwargs)
 
 
 load_v1, load_v2, load_v3, load_v4 = (partial(load, k) for k in (1, 2, 3, 4))

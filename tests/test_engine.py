@@ -1,0 +1,134 @@
+"""Isolation ``engine``: one engine per model, the masked checkpoints' weights swapped in.
+
+original -> masked A -> masked B -> original on one kept engine must give the per-sample
+responses of evaluating each checkpoint on its own (``inprocess`` on HF: the same lm-eval CLI run
+as ``subprocess``, without a process start per checkpoint; ``subprocess`` on vLLM, whose engine
+can only be freed by ending its process), for a generate_until and a multiple_choice task.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from culnig.errors import CulnigError
+from culnig.neuron_sets import NeuronSet
+from culnig.loading import layout_of
+from culnig.results import EVAL_RECORD, evaluate_into
+from culnig.settings import EvalSettings
+from culnig.testing.tiny_models import ARCH_NAMES, save_tiny_checkpoint
+from culnig_tasks.lmeval import resolve_tasks
+
+GEN, MC = "commonsenseqa_paper_v1", "commonsenseqa_loglik_v1"
+
+
+def _random_set(layout, seed: int, per_site: int = 6) -> NeuronSet:
+    """``per_site`` neurons of every module in every layer (different ones per seed)."""
+    rng = np.random.default_rng(seed)
+    neurons = {m: {layer: rng.choice(s.size, size=min(per_site, s.size), replace=False).tolist()
+                   for layer in range(layout.n_layers)} for m, s in layout.sites.items()}
+    return NeuronSet.from_indices(layout, "random", neurons, params={"seed": seed})
+
+
+def _bake_variants(model: Path, root: Path) -> dict[str, Path]:
+    from masking.bake import bake
+
+    layout = layout_of(str(model))
+    out = {"orig": model}
+    for name, seed in (("A", 1), ("B", 2)):
+        _random_set(layout, seed).save(root / f"set_{name}.json")
+        out[name] = bake(str(model), root / f"set_{name}.json", root / name).out
+    return out
+
+
+def _samples(result_dir: Path) -> dict[str, list]:
+    rec = json.loads((result_dir / EVAL_RECORD).read_text())
+    out = {}
+    for task, f in rec["samples_files"].items():
+        rows = [json.loads(line) for line in (result_dir / f).read_text().splitlines()]
+        out[task] = [(r["doc_id"], r["resps"], r["filtered_resps"]) for r in
+                     sorted(rows, key=lambda r: r["doc_id"])]
+    return out
+
+
+def _evaluate(result_dir: Path, model: Path, settings: EvalSettings, versions: dict, isolation: str,
+              engines=None, base: Path | None = None) -> dict:
+    return evaluate_into(result_dir, model, settings, versions=versions,
+                         record={"model": "m", "checkpoint": result_dir.name}, batch_size="auto",
+                         isolation=isolation, engines=engines, base=base)
+
+
+def _settings(backend: str, limit: int, **kw) -> tuple[EvalSettings, dict]:
+    tasks, versions = resolve_tasks((GEN, MC))
+    return EvalSettings(tasks=tuple(tasks), backend=backend, limit=limit, dtype="float32", **kw), \
+        versions
+
+
+def _check_sequence(variants: dict[str, Path], tmp: Path, settings: EvalSettings, versions: dict,
+                    reference: str) -> dict:
+    from culnig.engine.holder import EngineHolder
+
+    ref = {}
+    for name in ("orig", "A", "B"):
+        _evaluate(tmp / "ref" / name, variants[name], settings, versions, reference)
+        ref[name] = _samples(tmp / "ref" / name)
+    # the masks change the options' log-likelihoods: a swap that did nothing could not pass
+    assert ref["A"][MC] != ref["orig"][MC] and ref["B"][MC] != ref["A"][MC]
+    got, records = {}, {}
+    with EngineHolder() as engines:
+        for i, name in enumerate(("orig", "A", "B", "orig")):
+            out = tmp / "engine" / f"{i}_{name}"
+            records[i] = _evaluate(out, variants[name], settings, versions, "engine", engines,
+                                   base=variants["orig"])
+            got[i] = _samples(out)
+        assert engines.starts == 1  # one engine for the whole sequence
+    for i, name in enumerate(("orig", "A", "B", "orig")):
+        assert got[i] == ref[name], f"engine {name} (step {i}) differs from {reference}"
+        assert records[i]["isolation"] == "engine"
+    assert got[3] == got[0]  # back to the original: nothing stale
+    assert records[0]["engine"]["loaded"] == 0 and records[1]["engine"]["verified"] > 0
+    assert records[3]["engine"]["loaded"] == records[2]["engine"]["loaded"]  # B's tensors restored
+    return records
+
+
+@pytest.mark.parametrize("arch", ARCH_NAMES)
+def test_hf_engine_sequence_equals_inprocess(arch, use_data, tmp_path):
+    model = save_tiny_checkpoint(arch, tmp_path / "model", shards=2)
+    variants = _bake_variants(model, tmp_path)
+    settings, versions = _settings("hf", 3)
+    _check_sequence(variants, tmp_path, settings, versions, "inprocess")
+
+
+def test_broken_bake_replaces_the_engine(use_data, tmp_path):
+    from culnig.engine.holder import EngineHolder
+    from masking.manifest import read_manifest
+
+    model = save_tiny_checkpoint("llama", tmp_path / "model", shards=2)
+    variants = _bake_variants(model, tmp_path)
+    settings, versions = _settings("hf", 3)
+    _evaluate(tmp_path / "ref_B", variants["B"], settings, versions, "inprocess")
+    rewritten = read_manifest(variants["A"])["shards"]["rewritten"]
+    (variants["A"] / rewritten[0]).unlink()
+    with EngineHolder() as engines:
+        _evaluate(tmp_path / "orig", variants["orig"], settings, versions, "engine", engines)
+        with pytest.raises(CulnigError) as err:
+            _evaluate(tmp_path / "A", variants["A"], settings, versions, "engine", engines,
+                      base=model)
+        assert rewritten[0] in str(err.value) and "engine was discarded" in str(err.value)
+        assert not (tmp_path / "A").exists()  # not recorded, not even half
+        assert not list(tmp_path.glob(".A.tmp-*"))
+        _evaluate(tmp_path / "B", variants["B"], settings, versions, "engine", engines, base=model)
+        assert engines.starts == 2  # the failed engine was replaced
+    assert _samples(tmp_path / "B") == _samples(tmp_path / "ref_B")
+
+
+@pytest.mark.vllm
+def test_vllm_engine_sequence_equals_subprocess(demo_model, use_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    variants = _bake_variants(demo_model, tmp_path)
+    settings, versions = _settings("vllm", 4, max_model_len=1024)
+    records = _check_sequence(variants, tmp_path, settings, versions, "subprocess")
+    assert "worker" in records[1]["engine"]["method"]
