@@ -187,6 +187,11 @@ def layout_for(config: Any) -> ModelLayout:
             f"architecture {model_type!r} ({', '.join(archs) or 'no architectures field'}) is not "
             f"supported; supported model types: {', '.join(supported_model_types())}"
         )
+    if isinstance(config, Mapping):  # hub config.json files leave class defaults out (head_dim)
+        from transformers import AutoConfig
+
+        config = AutoConfig.for_model(model_type, **{k: v for k, v in config.items()
+                                                     if k != "model_type"})
     text = _get(config, spec.text_config_attr) if spec.text_config_attr else config
     if text is None:
         raise UnsupportedArchitecture(f"{model_type!r} config has no {spec.text_config_attr!r}")

@@ -97,3 +97,12 @@ def test_user_mistake_is_one_line(index, tmp_path, capsys):
     lines = [ln for ln in err.splitlines() if ln.startswith("culnig: error:")]
     assert len(lines) == 1, (name, err[-2000:])
     assert expect in lines[0], (name, lines[0])
+
+
+def test_eval_unknown_task_is_one_line_before_lm_eval_starts(tiny_llama, capsys):
+    """Issue 19, finding 4: was a ValueError traceback from lm-eval after 16 s."""
+    code = main(["eval", "--model", str(tiny_llama), "--backend", "hf", "--tasks", "no_such_task"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("culnig: error:")]
+    assert "unknown task 'no_such_task'" in line

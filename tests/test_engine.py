@@ -112,17 +112,17 @@ def test_broken_bake_replaces_the_engine(use_data, tmp_path):
     _evaluate(tmp_path / "ref_B", variants["B"], settings, versions, "inprocess")
     rewritten = read_manifest(variants["A"])["shards"]["rewritten"]
     (variants["A"] / rewritten[0]).unlink()
+    res = tmp_path / "results"
     with EngineHolder() as engines:
-        _evaluate(tmp_path / "orig", variants["orig"], settings, versions, "engine", engines)
+        _evaluate(res / "orig", variants["orig"], settings, versions, "engine", engines)
         with pytest.raises(CulnigError) as err:
-            _evaluate(tmp_path / "A", variants["A"], settings, versions, "engine", engines,
-                      base=model)
+            _evaluate(res / "A", variants["A"], settings, versions, "engine", engines, base=model)
         assert rewritten[0] in str(err.value) and "engine was discarded" in str(err.value)
-        assert not (tmp_path / "A").exists()  # not recorded, not even half
-        assert not list(tmp_path.glob(".A.tmp-*"))
-        _evaluate(tmp_path / "B", variants["B"], settings, versions, "engine", engines, base=model)
+        assert not (res / "A").exists()  # not recorded, not even half
+        assert not list(res.glob(".A.tmp-*"))
+        _evaluate(res / "B", variants["B"], settings, versions, "engine", engines, base=model)
         assert engines.starts == 2  # the failed engine was replaced
-    assert _samples(tmp_path / "B") == _samples(tmp_path / "ref_B")
+    assert _samples(res / "B") == _samples(tmp_path / "ref_B")
 
 
 @pytest.mark.vllm
@@ -132,3 +132,24 @@ def test_vllm_engine_sequence_equals_subprocess(demo_model, use_data, tmp_path, 
     settings, versions = _settings("vllm", 4, max_model_len=1024)
     records = _check_sequence(variants, tmp_path, settings, versions, "subprocess")
     assert "worker" in records[1]["engine"]["method"]
+
+
+def test_other_checkpoints_on_a_kept_engine(use_data, tmp_path):
+    """A checkpoint with the base's tensor names (another seed: every tensor differs, as after
+    fine-tuning) is swapped in whole; one of another architecture gets an engine of its own."""
+    from culnig.engine.holder import EngineHolder
+
+    model = save_tiny_checkpoint("llama", tmp_path / "model")
+    other = save_tiny_checkpoint("llama", tmp_path / "seed1", seed=1)
+    foreign = save_tiny_checkpoint("qwen2", tmp_path / "qwen2")
+    settings, versions = _settings("hf", 3)
+    res = tmp_path / "results"
+    with EngineHolder() as engines:
+        _evaluate(res / "orig", model, settings, versions, "engine", engines)
+        rec = _evaluate(res / "seed1", other, settings, versions, "engine", engines, base=model)
+        assert engines.starts == 1 and rec["engine"]["verified"] == rec["engine"]["loaded"] > 20
+        rec = _evaluate(res / "qwen2", foreign, settings, versions, "engine", engines, base=model)
+        assert engines.starts == 2 and rec["engine"]["loaded"] == 0
+    for name, path in (("seed1", other), ("qwen2", foreign)):
+        _evaluate(tmp_path / f"ref_{name}", path, settings, versions, "inprocess")
+        assert _samples(res / name) == _samples(tmp_path / f"ref_{name}"), name

@@ -97,8 +97,9 @@ MEDIUM = dict(hidden_size=512, intermediate_size=1536, num_attention_heads=8, nu
               num_hidden_layers=2)
 
 
-@pytest.mark.parametrize("arch,dtype", [("phi3", "fp32"), ("gemma3", "bf16"), ("qwen3", "fp32")])
-def test_activation_estimate_within_25_percent_of_the_measured_cpu_peak(arch, dtype, shared_data):
+@pytest.mark.parametrize("arch,dtype,n", [("phi3", "fp32", 4), ("gemma3", "fp32", 4),
+                                          ("qwen3", "bf16", 2)])
+def test_activation_estimate_within_25_percent_of_the_measured_cpu_peak(arch, dtype, n, shared_data):
     from attribution.identification import blend_items
 
     kw = dict(MEDIUM)
@@ -110,11 +111,11 @@ def test_activation_estimate_within_25_percent_of_the_measured_cpu_peak(arch, dt
     layout = layout_for(model.config)
     neur, _, _ = blend_items(countries=["Spain", "China"], max_per_country=2, seed=0)
     keys = ("id", "dataset", "country", "answer", "prompt", "answer_prefix", "control")
-    items = [Item(**{k: r[k] for k in keys}) for r in neur[:4]]
-    opts = AttributionOptions(batch_size=4)
+    items = [Item(**{k: r[k] for k in keys}) for r in neur[:n]]
+    opts = AttributionOptions(batch_size=n)
     _, measured = cpu_peak_bytes(attribute, model, tok, items, layout, opts)
-    (n, length), = batch_shapes(token_lengths(items, tok, opts), 4)
-    est = (activation_bytes(model.config, layout, n, length, dtype, opts.modules).total
+    (b, length), = batch_shapes(token_lengths(items, tok, opts), n)
+    est = (activation_bytes(model.config, layout, b, length, dtype, opts.modules).total
            + accumulator_bytes(layout, 2, opts.modules, opts.aggregations))
     assert abs(est / measured - 1) <= 0.25, (est / 2**20, measured / 2**20)
 

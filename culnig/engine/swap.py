@@ -21,6 +21,10 @@ from masking.safetensors_io import Header, read_header
 from masking.source import weight_map
 
 
+# config.json keys that do not change what a model computes
+CONFIG_NOISE = {"_name_or_path", "transformers_version"}
+
+
 class Unrelated(Exception):
     """The checkpoint is not a variant of the engine's base: start an engine on it instead."""
 
@@ -68,12 +72,21 @@ def base_of(folder: str | Path) -> Path:
     return Path(folder).resolve()
 
 
+def _config(folder: Path) -> dict:
+    import json
+
+    cfg = json.loads((folder / "config.json").read_text())
+    return {k: v for k, v in cfg.items() if k not in CONFIG_NOISE}
+
+
 def changed_tensors(folder: Weights, base: Weights) -> set[str]:
     """Names of the tensors of ``folder`` whose bytes, dtype or shape differ from ``base``'s."""
     if folder.folder == base.folder:
         return set()
     if set(folder.files) != set(base.files):
         raise Unrelated(f"{folder.folder} has other tensors than {base.folder}")
+    if _config(folder.folder) != _config(base.folder):  # the engine was built from base's config
+        raise Unrelated(f"{folder.folder} has another config.json than {base.folder}")
     manifest = read_manifest(folder.folder)
     if manifest is not None and Path(str(manifest["source"]["path"])).resolve() == base.folder:
         files = set(manifest.get("shards", {}).get("rewritten", []))
