@@ -25,9 +25,9 @@ HF runs with lm-eval's batch size ``--hf-batch-size`` (8, culnig eval's default)
 everything itself. Both in ``--dtype`` (default bfloat16, the paper's; CPUs with AMX run it much
 faster than float32). Each backend first runs a warm-up pass on other documents (variant-2 prompts),
 untimed. Before each timed run vLLM's prefix cache (and culnig-vllm's score cache) is emptied;
-``--repeats`` keeps the fastest of several runs. vLLM keeps its defaults otherwise, including
-prefix caching and, on CPU, one core reserved for its front end (on 2 cores, giving it both was
-slower). The ratios are the last lines, one a line.
+``--repeats`` keeps the fastest of several runs. vLLM runs with culnig's CPU defaults
+(``culnig.evaluate.cpu_vllm_defaults``: on <= 4 cores no core reserved for its front end) and
+vLLM's own otherwise, prefix caching included. The ratios are the last lines, one a line.
 """
 
 from __future__ import annotations
@@ -121,10 +121,10 @@ def make_lm(backend, model, hf_batch_size, max_model_len, dtype):
 
         return HFLM(pretrained=model, dtype=dtype, device="cpu", batch_size=hf_batch_size,
                     enable_thinking=False)
-    from culnig.evaluate import install_vllm_version_shim
+    from culnig.evaluate import cpu_vllm_defaults, install_vllm_version_shim
 
     install_vllm_version_shim()
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+    cpu_vllm_defaults()  # as culnig runs vLLM (on few cores: all of them for the model)
     if backend == "culnig-vllm":
         from culnig.vllm_lm import CulnigVLLM as VLLM  # its own engine, with its defaults
     else:

@@ -34,11 +34,11 @@ def general_set(model: Path, path: Path, fraction: float, seed: int = 0) -> Path
     import numpy as np
 
     from culnig.neuron_sets import NeuronSet
-    from culnig.registry import layout_for_path
+    from culnig.loading import layout_of
 
     if path.is_file():
         return path
-    layout = layout_for_path(str(model))
+    layout = layout_of(str(model))
     rng = np.random.default_rng(seed)
     neurons = {}
     for m, site in layout.sites.items():
@@ -77,7 +77,7 @@ def main() -> int:
 
     import yaml
 
-    from culnig.demo import Demo, DemoSettings, default_loglik_backend
+    from culnig.demo import Demo, DemoSettings
     from culnig.models import prepare
     from culnig.sweep import load_config, run_sweep
     from culnig.sweep.run import plan
@@ -85,11 +85,10 @@ def main() -> int:
 
     model = prepare("smollm2")
     general = general_set(model, args.out / "sets" / "general.json", args.fraction)
-    demo = Demo(DemoSettings(model=str(model), out=args.out, size=args.size, protocol=args.protocol,
-                             loglik_backend=default_loglik_backend("vllm")))
+    demo = Demo(DemoSettings(model=str(model), out=args.out, size=args.size, protocol=args.protocol))
     demo.model_path = str(model)
     configs = {}
-    for protocol in demo.protocols:
+    for protocol in demo.sweeps:
         for iso in ISOLATIONS:
             cfg = demo.sweep_config(protocol)
             cfg["models"][0]["general"] = str(general)
@@ -115,7 +114,7 @@ def main() -> int:
             print(f"  note: {summary.total - summary.evaluated} result(s) were already in "
                   f"{cfg.run_dir}; use a fresh --out for timings", flush=True)
     same = total = 0
-    for protocol in demo.protocols:
+    for protocol in demo.sweeps:
         a, b = (samples_of(Path(load_config(configs[protocol, i]).run_dir)) for i in ISOLATIONS)
         total += len(a)
         same += sum(1 for k, v in a.items() if b.get(k) == v)

@@ -8,7 +8,6 @@ own functions; every step's output is kept under ``--out`` and reused, so a kill
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -47,16 +46,15 @@ class DemoSize:
     t_attn: float = 0.2
     r: float = 1.0
     attribution_batch: int = 8
-    isolation: str = "subprocess"   # how the sweep runs each checkpoint's evaluation
 
 
 SIZES = {
-    "full": DemoSize(items_per_country=6, max_docs=32, blend_mcq_docs=48,
-                     saq_countries=("USA", "UK", "China", "Spain"), saq_docs=8,
+    "full": DemoSize(items_per_country=6, max_docs=128, blend_mcq_docs=192,
+                     saq_countries=("USA", "UK", "China", "Spain"), saq_docs=16,
                      random_seeds=(0, 1, 2)),
     "tiny": DemoSize(items_per_country=2, max_docs=4, blend_mcq_docs=8,
                      saq_countries=("USA", "Spain"), saq_docs=2, random_seeds=(0, 1, 2),
-                     t_mlp=5.0, t_attn=2.0, isolation="inprocess"),
+                     t_mlp=5.0, t_attn=2.0),
 }
 
 
@@ -65,8 +63,8 @@ class DemoSettings:
     model: str
     out: Path
     size: str = "full"
-    backend: str = "vllm"          # the paper protocol (generation)
-    loglik_backend: str = "hf"     # the option log-likelihood protocol (see run_demo)
+    backend: str = "vllm"              # lm-eval backend of the sweep(s)
+    loglik_backend: str | None = None  # another backend for the option log-likelihood protocol
     protocol: str = "both"
     dtype: str = "float32"
     seed: int = 0
@@ -79,7 +77,7 @@ class DemoSettings:
         """What decides the demo's numbers: a second run with other values needs another --out."""
         return {"model": self.model, "model_path": model_path, "size": self.size,
                 "sizes": asdict(self.sizes), "backend": self.backend,
-                "loglik_backend": self.loglik_backend, "protocol": self.protocol,
+                "loglik_backend": self.loglik_backend or self.backend, "protocol": self.protocol,
                 "dtype": self.dtype, "seed": self.seed,
                 "culture_tasks": list(CULTURE_TASKS), "general_tasks": list(GENERAL_TASKS)}
 
@@ -132,12 +130,27 @@ class Demo:
     def general_set(self) -> Path:
         return self.out / "sets" / "general.json"
 
-    def run_dir(self, protocol: str) -> Path:
-        return self.out / "run" / protocol
+    def run_dir(self, sweep: str) -> Path:
+        return self.out / "run" / sweep
 
     @property
     def protocols(self) -> list[str]:
         return ["paper", "loglik"] if self.s.protocol == "both" else [self.s.protocol]
+
+    @property
+    def sweeps(self) -> dict[str, tuple[str, str]]:
+        """Sweep name -> (protocol, backend). Both protocols on one backend are one sweep: one
+        lm-eval run per checkpoint, where culnig-vllm answers the paper protocol's first token
+        from the request that scores the options (docs/demo.md)."""
+        loglik = self.s.loglik_backend or self.s.backend
+        if self.s.protocol == "both" and loglik == self.s.backend:
+            return {"both": ("both", self.s.backend)}
+        return {p: (p, loglik if p == "loglik" else self.s.backend) for p in self.protocols}
+
+    def runs(self) -> dict[str, Path]:
+        """Protocol -> the run folder holding its results."""
+        sweeps = self.sweeps
+        return {p: self.run_dir("both" if "both" in sweeps else p) for p in self.protocols}
 
     @property
     def report_dir(self) -> Path:
@@ -260,19 +273,17 @@ class Demo:
                 + ", ".join(f"{m} {n}" for m, n in counts.items() if m != "total" and n) + ")")
 
     # --- 5. bake + evaluate -------------------------------------------------------------------------
-    def sweep_config(self, protocol: str) -> dict[str, Any]:
-        """One sweep per protocol; both bake into the same checkpoint folder (the second reuses
-        the first's masked checkpoints)."""
+    def sweep_config(self, sweep: str) -> dict[str, Any]:
+        """The config of one of :attr:`sweeps`; sweeps bake into one checkpoint folder (a second
+        sweep reuses the first's masked checkpoints). Isolation ``engine``: one engine per model,
+        each masked checkpoint's rewritten tensors swapped in."""
+        protocol, backend = self.sweeps[sweep]
         seeds = self.sz.random_seeds
         tasks = [*CULTURE_TASKS, *GENERAL_TASKS]
-        backend = self.s.backend
-        isolation = self.sz.isolation
         if protocol == "loglik":
             tasks = [t for t in tasks if not t.startswith("blendsaq")]  # generated text: paper only
-            backend = self.s.loglik_backend
-            isolation = "inprocess" if backend == "hf" else isolation
         return {
-            "run_dir": str(self.run_dir(protocol)),
+            "run_dir": str(self.run_dir(sweep)),
             "checkpoint_dir": str(self.out / "checkpoints"),
             "tasks": tasks,
             "protocol": protocol,
@@ -280,7 +291,7 @@ class Demo:
             "seed": self.s.seed,
             "dtype": self.s.dtype,
             "chat_template": "auto",
-            "isolation": isolation,
+            "isolation": "engine",
             "max_model_len": 2048,
             "task_metadata": {"culnig_max_docs": self.sz.max_docs,
                               "blend_mcq_max_docs": self.sz.blend_mcq_docs,
@@ -298,16 +309,16 @@ class Demo:
         from culnig.sweep import load_config, run_sweep
 
         done = []
-        for protocol in self.protocols:
-            path = self.out / f"sweep-{protocol}.yaml"
-            cfg = self.sweep_config(protocol)
+        for sweep in self.sweeps:
+            path = self.out / f"sweep-{sweep}.yaml"
+            cfg = self.sweep_config(sweep)
             text = ("# written by `culnig demo`; `culnig sweep` runs it again\n"
                     + yaml.safe_dump(cfg, sort_keys=False))
             if not path.is_file() or path.read_text() != text:
                 atomic_write_text(path, text)
-            _say(f"sweep, {protocol} protocol, {cfg['backend']} backend")
+            _say(f"sweep, {cfg['protocol']} protocol, {cfg['backend']} backend")
             summary = run_sweep(load_config(path))
-            done.append(f"{protocol} ({cfg['backend']}): {summary.total} checkpoints, "
+            done.append(f"{cfg['protocol']} ({cfg['backend']}): {summary.total} checkpoints, "
                         f"{summary.skipped} reused, {summary.total - summary.skipped} evaluated")
         return "; ".join(done)
 
@@ -316,15 +327,15 @@ class Demo:
         from culnig.reports.demo import write_demo_report
         from culnig.reports.paper import make_report
 
-        runs = {p: self.run_dir(p) for p in self.protocols}
-        for protocol, run_dir in runs.items():
-            make_report(run_dir, self.report_dir / protocol, allow_mixed=False)
+        runs = self.runs()
+        for run_dir in sorted(set(runs.values())):
+            make_report(run_dir, self.report_dir / run_dir.name, allow_mixed=False)
         timings = {k: (v.get("first_seconds"), v.get("seconds"))
                    for k, v in (self.state.steps or {}).items()}
         page = write_demo_report(runs, self.report_dir, settings=self.state.settings,
                                  timings=timings, culture=CULTURE_TASKS, general=GENERAL_TASKS)
-        return (f"{page} (full sweep reports: "
-                + ", ".join(str(self.report_dir / p / "report.html") for p in runs) + ")")
+        return (f"{page} (full sweep reports: " + ", ".join(
+            str(self.report_dir / d.name / "report.html") for d in sorted(set(runs.values()))) + ")")
 
 
 def move_aside(out: Path) -> Path | None:
@@ -336,16 +347,6 @@ def move_aside(out: Path) -> Path | None:
     return target
 
 
-def default_loglik_backend(backend: str) -> str:
-    """The option log-likelihood protocol is prefill-only scoring of every option. On a CPU, vLLM's
-    prompt-logprob path ran at about 320 prompt tokens/s for SmolLM2 here, several times slower
-    than the HF backend (bench/eval.py prints the ratio), so the demo scores it with HF there; with
-    a GPU both protocols use ``backend``."""
-    import torch
-
-    return backend if torch.cuda.is_available() else "hf"
-
-
 def run_demo(settings: DemoSettings, *, force: bool = False) -> tuple[Demo, dict[str, float]]:
     if settings.size not in SIZES:
         raise CulnigError(f"unknown demo size {settings.size!r}")
@@ -353,7 +354,5 @@ def run_demo(settings: DemoSettings, *, force: bool = False) -> tuple[Demo, dict
         old = move_aside(Path(settings.out))
         if old:
             _say(f"--force: the previous demo folder is now {old}")
-    if settings.backend == "vllm" and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = "4"
     demo = Demo(settings)
     return demo, demo.run()

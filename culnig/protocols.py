@@ -7,7 +7,10 @@
 
 ``culnig eval --protocol`` and a sweep's ``protocol:`` rewrite task names written in the paper
 form (groups, leaves and patterns such as ``culnig_*``); names already in the loglik form and tasks
-that are not culnig's pass through unchanged.
+that are not culnig's pass through unchanged. With ``both`` each loglik name comes before its
+paper name: lm-eval sends the request types in the order it first sees them, so ``culnig-vllm``'s
+one request per prompt carries the option tokens and the paper protocol's greedy token comes from
+it (measured: docs/tasks.md).
 """
 
 from __future__ import annotations
@@ -77,10 +80,10 @@ def apply(tasks: list[str], protocol: str) -> list[str]:
             out.append(name)
             continue
         ll = to_loglik(name)
-        if protocol == "both":
-            out.append(name)
+        if protocol == "both":  # loglik first: see the module docstring
             if ll:
                 out.append(ll)
+            out.append(name)
         elif ll:
             out.append(ll)
         else:

@@ -1,12 +1,14 @@
 """``culnig demo --tiny``: the whole pipeline end to end at a minimal size.
 
 Real BLEnD / CountryRC / CommonsenseQA / GLUE files, a tiny random-weight Llama, the HF backend,
-in-process evaluation. Checks the leaderboard has the culture and the general columns and a
-random-baseline spread, the report pages exist and open, and a second run reuses every step.
+both protocols as one sweep on one kept engine (isolation engine). Checks the leaderboard has the
+culture and the general columns and a random-baseline spread, the report pages exist and open,
+and a second run reuses every step.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import subprocess
@@ -71,9 +73,14 @@ def test_tiny_demo_leaderboard_has_culture_general_and_random_spread(tiny_demo):
         assert math.isclose(orig["culture avg"], orig[culture].mean(), rel_tol=1e-9)
     assert "blendsaq" in set(lb["bench"])  # generation task: paper protocol only
     report = out / "report"
-    for name in ("demo.html", "demo.md", "paper/report.html", "loglik/report.md", "demo_layers.png",
-                 "demo_countries_blendmcq_ll.png", "loglik/labels.csv", "paper/labels.csv"):
+    # both protocols on one backend: one sweep, one lm-eval run per checkpoint, one sweep report
+    for name in ("demo.html", "demo.md", "both/report.html", "both/report.md", "demo_layers.png",
+                 "demo_countries_blendmcq_ll.png", "both/labels.csv"):
         assert (report / name).is_file(), name
+    labels = pd.read_csv(report / "both" / "labels.csv")
+    assert set(labels["protocol"]) == {"paper", "loglik"}
+    records = [json.loads(f.read_text()) for f in (out / "run" / "both").rglob("culnig_eval.json")]
+    assert len(records) == 5 and {r["isolation"] for r in records} == {"engine"}
     md = (report / "demo.md").read_text()
     assert "culture avg" in md and "general avg" in md and "chance (uniform guess)" in md
     tags = _Tags()
@@ -87,8 +94,7 @@ def test_tiny_demo_second_run_reuses_every_step(tiny_demo, data_dir):
     proc = run_culnig("demo", "--tiny", "--out", str(out), env={"CULNIG_DATA_DIR": str(data_dir)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "score files present (reused)" in proc.stderr
-    assert "paper (hf): 5 checkpoints, 5 reused, 0 evaluated" in proc.stderr
-    assert "loglik (hf): 5 checkpoints, 5 reused, 0 evaluated" in proc.stderr
+    assert "both (hf): 5 checkpoints, 5 reused, 0 evaluated" in proc.stderr
 
 
 def test_tiny_demo_other_settings_need_another_out(tiny_demo, data_dir):
@@ -102,7 +108,7 @@ def test_tiny_demo_other_settings_need_another_out(tiny_demo, data_dir):
 @pytest.mark.skipif(_browser() is None, reason="no headless Chromium on this machine")
 def test_demo_pages_open_in_headless_chromium(tiny_demo, tmp_path):
     out, _ = tiny_demo
-    for page in ("demo.html", "paper/report.html", "loglik/report.html"):
+    for page in ("demo.html", "both/report.html"):
         shot = tmp_path / f"{page.replace('/', '_')}.png"
         proc = subprocess.run(
             [_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",

@@ -287,7 +287,7 @@ def test_figure5_from_step_results(tmp_path, capsys):
 
 
 def test_real_eval_per_step_read_by_report(tiny, tmp_path, shared_data):
-    """One real run with lm-eval (HF backend, in-process, 1 document per variant): step 0 and
+    """One real run with lm-eval (HF backend, one kept engine, 2 documents): step 0 and
     the last step get sweep-layout result folders that `culnig report` turns into Figure 5."""
     import pandas as pd
 
@@ -295,13 +295,15 @@ def test_real_eval_per_step_read_by_report(tiny, tmp_path, shared_data):
     rc = main(["finetune", "--model", str(tiny["llama"]), "--set", str(tiny["llama_set"]),
                "--train-file", str(tiny["qnli"]), "--out", str(out), "--batch-size", "4",
                "--budget", "0.35", "--steps", "2", "--eval-every", "2",
-               "--eval-tasks", "qnli_paper_v1", "--eval-backend", "hf",
-               "--eval-isolation", "inprocess", "--eval-limit", "2"])
+               "--eval-tasks", "qnli_paper_v1", "--eval-backend", "hf", "--eval-limit", "2"])
     assert rc == 0
     for step in (0, 2):
         rec = json.loads((out / f"results/llama/step-{step}/culnig_eval.json").read_text())
         assert rec["kind"] == "finetune" and rec["finetune"]["step"] == step
         assert rec["settings"]["limit"] == 2.0
+        # the default isolation: one engine for both steps, step 2's trained tensors swapped in
+        assert rec["isolation"] == "engine"
+        assert (rec["engine"]["loaded"] > 0) == (step == 2), rec["engine"]
     # resuming a finished run evaluates nothing again
     before = sha256_file(out / "results/llama/step-2/culnig_eval.json")
     assert main(["finetune", "--model", str(tiny["llama"]), "--set", str(tiny["llama_set"]),

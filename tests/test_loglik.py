@@ -60,8 +60,8 @@ def test_protocol_rewrites_paper_names():
     assert apply(names, "paper") == names
     assert apply(names[:4], "loglik") == ["culnigll_*", "commonsenseqa_loglik_v2", "culnigll_qnli",
                                           "hellaswag"]
-    assert apply(names, "both") == ["culnig_*", "culnigll_*", "commonsenseqa_paper_v2",
-                                    "commonsenseqa_loglik_v2", "culnigll_qnli", "hellaswag",
+    assert apply(names, "both") == ["culnigll_*", "culnig_*", "commonsenseqa_loglik_v2",
+                                    "commonsenseqa_paper_v2", "culnigll_qnli", "hellaswag",
                                     "culnig_blendsaq"]
     with pytest.raises(CulnigError, match="culnig_blendsaq"):
         apply(["culnig_blendsaq"], "loglik")

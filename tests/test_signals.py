@@ -1,5 +1,6 @@
-"""Clean stops: SIGTERM and SIGINT end `culnig sweep` with one line, its evaluation child with it,
-the lock released and no temporary folder left; a `kill -9` of the sweep takes the child along."""
+"""Clean stops: SIGTERM and SIGINT end `culnig sweep` with one line, its evaluation child (a
+process per checkpoint, or the kept engine's process) with it and at once, the lock released and
+no temporary folder left; a `kill -9` of the sweep takes the child along."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import yaml
 from tests.conftest import CULNIG, REPO
 
 TASK = "commonsenseqa_paper_v1"
+CHILD = {"subprocess": "culnig.evaluate", "engine": "culnig.engine.server"}
 
 
 @pytest.fixture(scope="module")
@@ -26,23 +28,24 @@ def tiny_model(tmp_path_factory) -> Path:
     return save_tiny_checkpoint("llama", tmp_path_factory.mktemp("sig") / "tiny-llama")
 
 
-def _start_sweep(tiny_model: Path, run_dir: Path) -> subprocess.Popen:
+def _start_sweep(tiny_model: Path, run_dir: Path, isolation: str = "subprocess") -> subprocess.Popen:
     cfg = {"run_dir": str(run_dir), "backend": "hf", "tasks": [TASK], "limit": 4,
-           "isolation": "subprocess", "models": [{"name": "tiny", "model": str(tiny_model)}]}
+           "isolation": isolation, "models": [{"name": "tiny", "model": str(tiny_model)}]}
     path = run_dir.parent / "sweep.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return subprocess.Popen([*CULNIG, "sweep", str(path)], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def _wait_for_child(proc: subprocess.Popen, timeout: float = 120) -> psutil.Process:
-    """The sweep's evaluation child, once it runs `python -m culnig.evaluate`."""
+def _wait_for_child(proc: subprocess.Popen, timeout: float = 120,
+                    marker: str = CHILD["subprocess"]) -> psutil.Process:
+    """The sweep's evaluation child, once it runs ``python -m <marker>``."""
     end = time.time() + timeout
     while time.time() < end:
         assert proc.poll() is None, proc.communicate()
         for child in psutil.Process(proc.pid).children(recursive=True):
             try:
-                if "culnig.evaluate" in " ".join(child.cmdline()):
+                if marker in " ".join(child.cmdline()):
                     return child
             except psutil.NoSuchProcess:
                 continue
@@ -62,13 +65,18 @@ def _gone(pid: int, timeout: float = 30) -> bool:
     return False
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_sweep_stops_cleanly_with_its_child(tiny_model, tmp_path, sig, code):
+@pytest.mark.parametrize("sig,code,isolation", [(signal.SIGTERM, 143, "subprocess"),
+                                                (signal.SIGINT, 130, "subprocess"),
+                                                (signal.SIGTERM, 143, "engine")])
+def test_sweep_stops_cleanly_with_its_child(tiny_model, tmp_path, sig, code, isolation):
     run_dir = tmp_path / "run"
-    proc = _start_sweep(tiny_model, run_dir)
-    child = _wait_for_child(proc)
+    proc = _start_sweep(tiny_model, run_dir, isolation)
+    child = _wait_for_child(proc, marker=CHILD[isolation])
+    time.sleep(1)  # inside the child's work (an engine does not wait for it to finish)
+    t0 = time.time()
     os.kill(proc.pid, sig)
     out, err = proc.communicate(timeout=60)
+    assert time.time() - t0 < 25, "the sweep took long to stop"
     assert proc.returncode == code, err[-2000:]
     assert "Traceback" not in err, err[-2000:]
     lines = [ln for ln in err.splitlines() if ln.startswith("culnig: sweep ")]

@@ -10,7 +10,8 @@ from culnig.finetune.options import (SAVE_DTYPES, TASKS, TRAIN_DTYPES, FinetuneO
                                      default_eval_tasks, eval_settings)
 from culnig.finetune.run import run_finetune
 from culnig.models import resolve_model_ref
-from culnig.settings import BACKENDS, CHAT_TEMPLATES, DEFAULT_MAX_MODEL_LEN, ISOLATIONS
+from culnig.settings import (BACKENDS, CHAT_TEMPLATES, DEFAULT_ISOLATION, DEFAULT_MAX_MODEL_LEN,
+                             ISOLATIONS)
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -95,8 +96,9 @@ def register(sub) -> None:
                    help="lm-eval backend of the per-step evaluations (vllm)")
     p.add_argument("--eval-limit", type=float, help="documents per task (int) or fraction (<1)")
     p.add_argument("--eval-batch-size", default="auto", help="lm-eval batch size (hf auto = 8)")
-    p.add_argument("--eval-isolation", choices=ISOLATIONS, default="subprocess",
-                   help="run each evaluation in its own process (default) or in this one")
+    p.add_argument("--eval-isolation", choices=ISOLATIONS, default=DEFAULT_ISOLATION,
+                   help="engine (default): one engine for all steps, each step's weights swapped "
+                        "in; subprocess: a process per step; inprocess: in this process")
     p.add_argument("--eval-max-model-len", type=int, default=DEFAULT_MAX_MODEL_LEN,
                    help=f"vLLM context length ({DEFAULT_MAX_MODEL_LEN})")
     p.add_argument("--eval-model-args", default="", help="extra lm-eval model_args, k=v,k=v")

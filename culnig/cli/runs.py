@@ -42,14 +42,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from culnig.demo import DEFAULT_MODEL, DemoSettings, default_loglik_backend, run_demo
+    from culnig.demo import DEFAULT_MODEL, DemoSettings, run_demo
 
     size = "tiny" if args.tiny else "full"
     model = args.model or ("tiny" if args.tiny else DEFAULT_MODEL)
     backend = args.backend or ("hf" if args.tiny else "vllm")
     out = Path(args.out or ("runs/demo-tiny" if args.tiny else "runs/demo"))
     settings = DemoSettings(model=model, out=out, size=size, backend=backend,
-                            loglik_backend=args.loglik_backend or default_loglik_backend(backend),
+                            loglik_backend=args.loglik_backend,
                             protocol=args.protocol)
     demo, timings = run_demo(settings, force=args.force)
     print("\nstep timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
@@ -98,10 +98,12 @@ def register(sub) -> None:
         description="Prepare the model, build identification items from the real BLEnD and "
                     "CountryRC files, score neurons, select the culture-general ones and "
                     "count-matched random sets (3 seeds), bake the masked checkpoints, evaluate "
-                    "all of them with lm-eval (vLLM) on culture tasks (BLEnD MCQ, CountryRC, "
-                    "BLEnD SAQ for 4 cultures) and general tasks (CommonsenseQA, QNLI, MRPC), "
-                    "first prompt variant, fixed-seed document samples, both scoring protocols, and write the leaderboard and report. Every "
-                    "step's output is kept under --out and reused; a killed run resumes.",
+                    "all of them with lm-eval (culnig-vllm, one engine for all checkpoints) on "
+                    "culture tasks (BLEnD MCQ 192 documents, CountryRC 128, BLEnD SAQ 16 for 4 "
+                    "cultures) and general tasks (CommonsenseQA, QNLI, MRPC, 128 each), first "
+                    "prompt variant, fixed-seed document samples, both scoring protocols, and "
+                    "write the leaderboard and report. Every step's output is kept under --out "
+                    "and reused; a killed run resumes.",
     )
     p.add_argument("--model", help="demo (Gemma-3 270M), smollm2 (SmolLM2-135M-Instruct, the "
                                     "default: it scores further above chance), or a checkpoint path")
@@ -110,11 +112,11 @@ def register(sub) -> None:
                    help="the same steps at a minimal size on a tiny random-weight Llama with the "
                         "HF backend (a few minutes; checks the plumbing, not the science)")
     p.add_argument("--backend", choices=BACKENDS,
-                   help="lm-eval backend of the paper protocol (default vllm; hf with --tiny)")
+                   help="lm-eval backend of the sweep(s) (default vllm: culnig-vllm; hf with --tiny)")
     p.add_argument("--loglik-backend", choices=BACKENDS,
-                   help="backend of the option log-likelihood protocol (default: hf on a CPU, "
-                        "where vLLM's prompt-logprob scoring measured several times slower; "
-                        "--backend's value with a GPU)")
+                   help="another backend for the option log-likelihood protocol (default: "
+                        "--backend's; then both protocols run as one sweep, one lm-eval run per "
+                        "checkpoint)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="both",
                    help="scoring protocol(s) of the multiple-choice tasks (default both)")
     p.add_argument("--force", action="store_true",

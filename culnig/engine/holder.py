@@ -44,8 +44,8 @@ class EngineHolder:
     def __enter__(self) -> "EngineHolder":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(wait=exc_type is None)  # Ctrl-C, SIGTERM, an error: stop the engine now
 
     @staticmethod
     def _key_of(base: Path, settings: EvalSettings, batch_size: str) -> tuple:
@@ -101,7 +101,7 @@ class EngineHolder:
         try:
             line = self._reply.readline()
         except BaseException:
-            self.close()
+            self.close(wait=False)
             raise
         if not line:
             code = self._proc.wait()
@@ -119,13 +119,15 @@ class EngineHolder:
                     _tail(self._work / "engine.log")}
         return self._read()
 
-    def close(self) -> None:
-        """End the evaluator process (and its engine's processes)."""
+    def close(self, wait: bool = True) -> None:
+        """End the evaluator process (and its engine's processes). ``wait``: let an idle one end
+        by itself (up to 60 s); else end its process group now."""
         proc, self._proc, self._key = self._proc, None, None
         if proc is not None:
             try:
                 proc.stdin.close()
-                proc.wait(timeout=60)
+                if wait:
+                    proc.wait(timeout=60)
             except (OSError, subprocess.TimeoutExpired):
                 pass
             end_process_group(proc)

@@ -10,7 +10,7 @@ from pathlib import Path
 from culnig.errors import CulnigError
 from culnig.loading import LOAD_DTYPES
 from culnig.models import PACKAGED
-from culnig.settings import DEFAULT_MAX_MODEL_LEN, EvalSettings
+from culnig.settings import DEFAULT_ISOLATION, DEFAULT_MAX_MODEL_LEN, EvalSettings
 
 FORMAT = "culnig-finetune/1"
 MANIFEST = "finetune.json"
@@ -79,7 +79,7 @@ class FinetuneOptions:
     evaluate: bool = True
     eval: EvalSettings | None = None  # None: eval_settings(task, seed, chat_template)
     eval_batch_size: str = "auto"
-    eval_isolation: str = "subprocess"
+    eval_isolation: str = DEFAULT_ISOLATION
     eval_start: bool = True
     resume: bool = False
     force: bool = False
