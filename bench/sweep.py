@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -73,7 +72,6 @@ def main() -> int:
     ap.add_argument("--fraction", type=float, default=0.01,
                     help="share of each module's neurons in the general set")
     args = ap.parse_args()
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
     import yaml
 

@@ -93,6 +93,18 @@ def _few_prompts(cuts: list[tuple[list[int], int]]) -> bool:
     return True
 
 
+def _waves(jobs: list) -> list[list]:
+    """``jobs`` (sorted by prompt) in two waves: first the prompts that are no prefix of another
+    job's prompt, then the prefixes. A prefix sent with its extension in one batch is computed
+    in full (vLLM caches blocks once computed); sent after it, it comes from the prefix cache but
+    for its last partial block (e.g. ``ctx`` after ``ctx + "\\n"`` of a ``"\\n" + label`` option).
+    The second wave runs in reverse order: the blocks computed last are the last evicted."""
+    prompts = sorted({p for p, _ in jobs})
+    prefixes = {a for a, b in zip(prompts, prompts[1:]) if b[:len(a)] == a}
+    first = [j for j in jobs if j[0] not in prefixes]
+    return [w for w in (first, [j for j in jobs if j[0] in prefixes][::-1]) if w]
+
+
 @register_model(MODEL_NAME)
 class CulnigVLLM(stock.VLLM):
     """lm-eval's ``VLLM`` with prompt-level scoring and a greedy-token cache.
@@ -154,8 +166,9 @@ class CulnigVLLM(stock.VLLM):
                                                     logprob_token_ids=missing[i:i + MAX_IDS],
                                                     **DETOKENIZE)))
         step = len(jobs) if self.batch_size == "auto" else int(self.batch_size)
-        for start in range(0, len(jobs), max(step, 1)):
-            chunk = jobs[start:start + step]
+        chunks = [wave[i:i + max(step, 1)] for wave in _waves(jobs)
+                  for i in range(0, len(wave), max(step, 1))]
+        for chunk in chunks:
             outputs = self.model.generate([TokensPrompt(prompt_token_ids=list(p)) for p, _ in chunk],
                                           sampling_params=[sp for _, sp in chunk],
                                           use_tqdm=self.batch_size == "auto",
