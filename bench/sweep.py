@@ -11,6 +11,7 @@ samples (per checkpoint, task and document: lm-eval's responses) that are identi
 on the last line the wall time ratio engine / subprocess (target <= 0.5 on 2 CPU cores).
 
     python bench/sweep.py [--out DIR] [--size full|tiny] [--protocol both|paper|loglik]
+                          [--docs-scale 1.0]
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("/tmp/culnig-bench-sweep"))
     ap.add_argument("--size", default="full", choices=("full", "tiny"))
     ap.add_argument("--protocol", default="both", choices=("both", "paper", "loglik"))
+    ap.add_argument("--docs-scale", type=float, default=1.0,
+                    help="documents per task x this (1: the demo's; 0.25: the demo before 4x)")
     ap.add_argument("--fraction", type=float, default=0.01,
                     help="share of each module's neurons in the general set")
     args = ap.parse_args()
@@ -90,6 +93,9 @@ def main() -> int:
         for iso in ISOLATIONS:
             cfg = demo.sweep_config(protocol)
             cfg["models"][0]["general"] = str(general)
+            meta = cfg["task_metadata"]
+            for key in ("culnig_max_docs", "blend_mcq_max_docs", "blend_saq_max_docs"):
+                meta[key] = max(1, round(meta[key] * args.docs_scale))
             cfg.update(run_dir=str(args.out / "run" / f"{protocol}-{iso}"), isolation=iso)
             path = args.out / f"sweep-{protocol}-{iso}.yaml"
             path.write_text(yaml.safe_dump(cfg, sort_keys=False))
