@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -129,19 +130,23 @@ def leaderboard(run: RunData, model: str, benches: list[str], culture: set[str],
     return pd.DataFrame(rows + _average_rows(run, model, benches, culture, rows, boot))
 
 
-def _cell(r: pd.Series) -> str:
+def _cell(r: pd.Series, compact: bool = False) -> str:
+    """``score (Δ change [interval])``; ``compact``: ``score Δchange [lo,hi]`` (the terminal)."""
+    pm, comma = ("±", ",") if compact else (" ± ", ", ")
     score = f"{100 * r['score']:.1f}"
     if r["row"].startswith("random") and not math.isnan(r["spread"]):
-        score += f" ± {100 * r['spread']:.1f}"
+        score += f"{pm}{100 * r['spread']:.1f}"
     if r["row"] == "original":
-        return score + (" (≈chance)" if r["near_chance"] else
-                        " (below chance)" if r.get("below_chance") is True else "")
+        mark = ("≈chance" if r["near_chance"] else
+                "below chance" if r.get("below_chance") is True else "")
+        return score + (f" {mark}" if compact else f" ({mark})") if mark else score
     ci = ("" if math.isnan(r["ci_low"]) else
-          f" [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]")
-    return f"{score} (Δ {100 * r['change']:+.1f}{ci})"
+          f" [{100 * r['ci_low']:+.1f}{comma}{100 * r['ci_high']:+.1f}]")
+    change = f"{100 * r['change']:+.1f}"
+    return f"{score} Δ{change}{ci}" if compact else f"{score} (Δ {change}{ci})"
 
 
-def wide(long: pd.DataFrame, benches: list[str]) -> pd.DataFrame:
+def wide(long: pd.DataFrame, benches: list[str], compact: bool = False) -> pd.DataFrame:
     """Display form: rows original / culture-general / random (+ chance), a column per task."""
     if long.empty:
         return pd.DataFrame()
@@ -153,7 +158,7 @@ def wide(long: pd.DataFrame, benches: list[str]) -> pd.DataFrame:
         out[""].append(name)
         for c in cols:
             hit = long[(long["row"] == name) & (long["bench"] == c)]
-            out[key[c]].append(_cell(hit.iloc[0]) if len(hit) else "—")
+            out[key[c]].append(_cell(hit.iloc[0], compact) if len(hit) else "—")
     out[""].append("chance (uniform guess)")
     for c in cols:
         ch = CHANCE.get(base_bench(c)) if c in benches else None
@@ -232,7 +237,19 @@ def leaderboard_section(protocol: str, long: pd.DataFrame, benches: list[str],
               + f". Verdict: {moves}.")
     section = Section(f"Leaderboard, {protocol} protocol", legend + "\n\n" + md_table(table),
                       f"<p>{md_bold_to_html(legend)}</p>" + html_table(table))
-    return section, f"== {protocol} protocol ==\n" + text_table(table) + f"\n{moves}\n"
+    return section, f"== {protocol} protocol ==\n" + text_table(printed(long, benches)) + \
+        "\n" + textwrap.fill(moves, 100) + "\n"
+
+
+def printed(long: pd.DataFrame, benches: list[str]) -> pd.DataFrame:
+    """The terminal's form of :func:`wide`: a row per task, compact cells (fits 100 columns)."""
+    table = wide(long, benches, compact=True)
+    if table.empty:
+        return table
+    names = [n.replace(" masked", "").replace(" (uniform guess)", "") for n in table[""]]
+    out = table.set_index("").T.reset_index()
+    out.columns = ["", *names]
+    return out
 
 
 def pictures_section(images: list[Image]) -> Section:
