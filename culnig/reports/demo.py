@@ -213,10 +213,15 @@ def verdict(long: pd.DataFrame) -> str:
     c, r = float(cult["change"].iloc[0]), float(rand["change"].iloc[0])
     hi = float(cult["ci_high"].iloc[0])
     at_chance = bool(orig["near_chance"].iloc[0])
-    what = ("the culture-general mask lowers the culture average more than random masks"
-            if c < r else "the culture-general mask does not lower the culture average more "
-            "than random masks")
-    sig = " (its 95 % interval excludes 0)" if hi < 0 else " (its 95 % interval includes 0)"
+    if c >= r:
+        what, sig = ("the culture-general mask does not lower the culture average more than "
+                     "random masks"), ""
+    elif hi < 0:
+        what, sig = ("the culture-general mask lowers the culture average more than random "
+                     "masks"), " (its 95 % interval excludes 0)"
+    else:
+        what, sig = ("the culture-general mask lowers the culture average more than random "
+                     "masks by the point estimate only"), " (its 95 % interval includes 0)"
     chance = "; the original sits at chance on every culture task" if at_chance else ""
     return f"culture avg Δ {100 * c:+.1f} vs random {100 * r:+.1f} points: {what}{sig}{chance}"
 
