@@ -81,8 +81,28 @@ def _settings(backend: str, limit: int, **kw) -> tuple[EvalSettings, dict]:
         versions
 
 
+def _same(got: dict, ref: dict, atol: float) -> bool:
+    """Per-sample responses equal: generated texts and greedy flags exactly, log-likelihoods
+    within ``atol`` (0 on HF; vLLM's batches depend on timing, changing the last digits)."""
+    if got.keys() != ref.keys():
+        return False
+    for task in got:
+        if [d for d, _, _ in got[task]] != [d for d, _, _ in ref[task]]:
+            return False
+        for (_, a, fa), (_, b, fb) in zip(got[task], ref[task]):
+            if atol == 0 or task == GEN:
+                if (a, fa) != (b, fb):
+                    return False
+                continue
+            la, lb = (np.array([[float(x[0][0]), x[0][1] == "True"] for x in r]) for r in (a, b))
+            if la.shape != lb.shape or not (la[:, 1] == lb[:, 1]).all() or \
+                    np.abs(la[:, 0] - lb[:, 0]).max() > atol or la[:, 0].argmax() != lb[:, 0].argmax():
+                return False
+    return True
+
+
 def _check_sequence(variants: dict[str, Path], tmp: Path, settings: EvalSettings, versions: dict,
-                    reference: str) -> dict:
+                    reference: str, atol: float = 0.0) -> dict:
     from culnig.engine.holder import EngineHolder
 
     ref = {}
@@ -90,7 +110,7 @@ def _check_sequence(variants: dict[str, Path], tmp: Path, settings: EvalSettings
         _evaluate(tmp / "ref" / name, variants[name], settings, versions, reference)
         ref[name] = _samples(tmp / "ref" / name)
     # the masks change the options' log-likelihoods: a swap that did nothing could not pass
-    assert ref["A"][MC] != ref["orig"][MC] and ref["B"][MC] != ref["A"][MC]
+    assert not _same(ref["A"], ref["orig"], 1e-2) and not _same(ref["B"], ref["A"], 1e-2)
     got, records = {}, {}
     with EngineHolder() as engines:
         for i, name in enumerate(("orig", "A", "B", "orig")):
@@ -100,9 +120,9 @@ def _check_sequence(variants: dict[str, Path], tmp: Path, settings: EvalSettings
             got[i] = _samples(out)
         assert engines.starts == 1  # one engine for the whole sequence
     for i, name in enumerate(("orig", "A", "B", "orig")):
-        assert got[i] == ref[name], f"engine {name} (step {i}) differs from {reference}"
+        assert _same(got[i], ref[name], atol), f"engine {name} (step {i}) differs from {reference}"
         assert records[i]["isolation"] == "engine"
-    assert got[3] == got[0]  # back to the original: nothing stale
+    assert _same(got[3], got[0], atol)  # back to the original: nothing stale
     assert records[0]["engine"]["loaded"] == 0 and records[1]["engine"]["verified"] > 0
     assert records[3]["engine"]["loaded"] == records[2]["engine"]["loaded"]  # B's tensors restored
     return records
@@ -150,7 +170,7 @@ def test_vllm_engine_sequence_equals_subprocess(demo_model, use_data, tmp_path, 
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     variants = _bake_variants(demo_model, tmp_path)
     settings, versions = _settings("vllm", 4, max_model_len=1024)
-    records = _check_sequence(variants, tmp_path, settings, versions, "subprocess")
+    records = _check_sequence(variants, tmp_path, settings, versions, "subprocess", atol=1e-4)
     assert "worker" in records[1]["engine"]["method"]
 
 
