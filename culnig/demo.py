@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from culnig.atomic import atomic_write_text, now_iso
 from culnig.errors import CulnigError
+from culnig.settings import DEFAULT_ISOLATION
 
 # The packaged model that scores furthest above chance on BLEnD MCQ and CommonsenseQA with the
 # paper's prompts (measured: docs/demo.md).
@@ -291,7 +292,7 @@ class Demo:
             "seed": self.s.seed,
             "dtype": self.s.dtype,
             "chat_template": "auto",
-            "isolation": "engine",
+            "isolation": DEFAULT_ISOLATION,
             "max_model_len": 2048,
             "task_metadata": {"culnig_max_docs": self.sz.max_docs,
                               "blend_mcq_max_docs": self.sz.blend_mcq_docs,
@@ -328,14 +329,15 @@ class Demo:
         from culnig.reports.paper import make_report
 
         runs = self.runs()
-        for run_dir in sorted(set(runs.values())):
+        run_dirs = sorted(set(runs.values()))
+        for run_dir in run_dirs:
             make_report(run_dir, self.report_dir / run_dir.name, allow_mixed=False)
         timings = {k: (v.get("first_seconds"), v.get("seconds"))
                    for k, v in (self.state.steps or {}).items()}
         page = write_demo_report(runs, self.report_dir, settings=self.state.settings,
                                  timings=timings, culture=CULTURE_TASKS, general=GENERAL_TASKS)
         return (f"{page} (full sweep reports: " + ", ".join(
-            str(self.report_dir / d.name / "report.html") for d in sorted(set(runs.values()))) + ")")
+            str(self.report_dir / d.name / "report.html") for d in run_dirs) + ")")
 
 
 def move_aside(out: Path) -> Path | None:
