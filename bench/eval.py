@@ -26,8 +26,8 @@ everything itself. Both in ``--dtype`` (default bfloat16, the paper's; CPUs with
 faster than float32). Each backend first runs a warm-up pass on other documents (variant-2 prompts),
 untimed. Before each timed run vLLM's prefix cache (and culnig-vllm's score cache) is emptied;
 ``--repeats`` keeps the fastest of several runs. vLLM runs with culnig's CPU defaults
-(``culnig.evaluate.cpu_vllm_defaults``: on <= 4 cores no core reserved for its front end) and
-vLLM's own otherwise, prefix caching included. The ratios are the last lines, one a line.
+(``culnig.devices.cpu_vllm_defaults``: the engine inside the calling process, on <= 4 cores no
+core reserved for its front end) and vLLM's own otherwise, prefix caching included. The ratios are the last lines, one a line.
 """
 
 from __future__ import annotations
@@ -121,7 +121,8 @@ def make_lm(backend, model, hf_batch_size, max_model_len, dtype):
 
         return HFLM(pretrained=model, dtype=dtype, device="cpu", batch_size=hf_batch_size,
                     enable_thinking=False)
-    from culnig.evaluate import cpu_vllm_defaults, install_vllm_version_shim
+    from culnig.devices import cpu_vllm_defaults
+    from culnig.evaluate import install_vllm_version_shim
 
     install_vllm_version_shim()
     cpu_vllm_defaults()  # as culnig runs vLLM (on few cores: all of them for the model)

@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from culnig.devices import cpu_only, cpu_vllm_defaults
 from culnig.errors import CulnigError
 from culnig.paths import tasks_dir
 from culnig.settings import EvalSettings
@@ -101,27 +102,6 @@ def has_chat_template(model_path: str) -> bool:
     return bool(getattr(AutoTokenizer.from_pretrained(model_path), "chat_template", None))
 
 
-def cpu_only() -> bool:
-    import torch
-
-    return not torch.cuda.is_available()
-
-
-# At most this many cores: vLLM on CPU reserves none for its front end (it reserves one by
-# default). Measured on 2 cores, SmolLM2 fp32 (docs/tasks.md): prompts 2.5x, generation 1.4x faster.
-FEW_CORES = 4
-
-
-def cpu_vllm_defaults() -> None:
-    """Environment defaults for vLLM on a CPU (a value already set is kept): a 4 GiB KV cache,
-    and on a machine of few cores all cores for the model."""
-    if not cpu_only():
-        return
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
-    if (os.cpu_count() or 1) <= FEW_CORES:
-        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-
-
 @dataclass(frozen=True)
 class EvalRequest:
     """One lm-eval run: a checkpoint, the settings, and where the output goes."""
@@ -158,7 +138,7 @@ class EvalRequest:
         if s.backend == "vllm":
             args += [f"max_model_len={s.max_model_len}", f"seed={s.seed}"]
             if cpu_only():
-                # CUDA graphs and torch.compile buy nothing on CPU and cost ~1 min per start.
+                # torch.compile on CPU: ~2 min more per start for 5-26 % speed (docs/tasks.md).
                 args += ["enforce_eager=True"]
         if s.model_args:
             args.append(s.model_args)

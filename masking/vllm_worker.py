@@ -15,18 +15,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from culnig.devices import cpu_vllm_defaults
 from culnig.errors import CulnigError
 
 
-def _cpu_only() -> bool:
-    import torch
-
-    return not torch.cuda.is_available()
-
-
 def generate(request: dict) -> dict:
-    if _cpu_only():
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    cpu_vllm_defaults(kv_cache_gib=2)
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 

@@ -98,10 +98,10 @@ def test_real_sweep_interrupted_resumed_and_reported(tiny, tmp_path, monkeypatch
     (results / ".general.tmp-99999" / "lm_eval").mkdir(parents=True)
     monkeypatch.setattr(evaluate, "evaluate_checkpoint", real)
 
-    # Resume from the command line, every evaluation in its own process this time (isolation
-    # does not change results, so the finished one stays complete).
+    # Resume from the command line, with the default isolation this time: one evaluator process
+    # for the rest (isolation does not change results, so the finished one stays complete).
     cfg = yaml.safe_load(cfg_path.read_text())
-    cfg["isolation"] = "subprocess"
+    cfg["isolation"] = "engine"
     cfg_path.write_text(yaml.safe_dump(cfg))
     proc = run_culnig("sweep", str(cfg_path), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -114,6 +114,7 @@ def test_real_sweep_interrupted_resumed_and_reported(tiny, tmp_path, monkeypatch
     for cp in ("orig", "general", "random_seed0", "random_seed1"):
         rec = json.loads((results / cp / EVAL_RECORD).read_text())
         assert rec["settings"]["limit"] == 4.0 and rec["settings"]["backend"] == "hf"
+        assert rec["isolation"] == ("inprocess" if cp == "orig" else "engine")
         assert rec["versions"] == {TASK: "1.0"}
         assert (results / cp / rec["samples_files"][TASK]).is_file()
     gen = json.loads((results / "general" / EVAL_RECORD).read_text())

@@ -24,14 +24,18 @@ TOL = 1e-3
 @pytest.fixture(scope="session")
 def lms(demo_model):
     """(culnig-vllm, stock lm-eval VLLM) on one engine, started once per test session."""
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from culnig.devices import cpu_vllm_defaults
     from culnig.vllm_lm import CulnigVLLM, on_engine, stock
 
+    saved = dict(os.environ)
+    cpu_vllm_defaults(kv_cache_gib=1)  # as culnig runs vLLM: here inside the test process
     lm = CulnigVLLM(pretrained=str(demo_model), dtype="float32", max_model_len=1024, seed=1234,
                     enforce_eager=True)
     ref = on_engine(stock.VLLM, lm.model, dtype="float32", seed=1234)
     yield lm, ref
     lm.model.llm_engine.engine_core.shutdown()
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def _fresh(lm):
@@ -39,13 +43,13 @@ def _fresh(lm):
     lm.counts.clear()
 
 
-def _manager(*extra):
+def _manager(*extra, **metadata):
     from lm_eval.tasks import TaskManager
 
     from culnig.paths import tasks_dir
 
     return TaskManager(include_path=[str(tasks_dir()), *map(str, extra)], include_defaults=False,
-                       metadata={"culnig_chat_template": False})
+                       metadata={"culnig_chat_template": False, **metadata})
 
 
 def _evaluate(lm, tasks, manager=None, limit=N_DOCS) -> dict[str, list[dict]]:
@@ -206,3 +210,34 @@ def test_weight_swap_empties_the_cache(lms, demo_model, tmp_path, use_data):
     lm.reset_after_weight_swap(str(demo_model))
     again = [ll for ll, _ in lm.loglikelihood(reqs)]
     assert max(abs(a - b) for a, b in zip(again, before)) < TOL
+
+
+def test_saq_generation_equals_transformers_greedy(lms, demo_model, use_data, tmp_path):
+    """BLEnD SAQ prompts (each culture's own language, several cultures) generated on the shared
+    engine equal transformers' greedy decoding (fp32). The task as shipped with 8 new tokens
+    instead of 512: 512 steps of a 262k-vocabulary model take minutes on 2 cores."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from culnig.paths import tasks_dir
+
+    (tmp_path / "saq8.yaml").write_text(
+        f"include: {tasks_dir() / 'blend' / 'blendsaq_paper_v1.yaml'}\ntask: culnigtest_saq8\n"
+        "generation_kwargs:\n  until: []\n  max_gen_toks: 8\n  do_sample: false\n"
+        "  temperature: 0.0\n")
+    lm, _ = lms
+    _fresh(lm)
+    manager = _manager(tmp_path, blend_saq_max_docs=4,
+                       blend_saq_countries=["USA", "China", "Spain", "Iran"])
+    saq = _evaluate(lm, ["culnigtest_saq8"], manager, limit=None)["culnigtest_saq8"]
+    assert len(saq) == 4 and len({s["doc"]["language"] for s in saq}) >= 3
+    assert lm.counts["parent_generate"] == 4  # several tokens: the parent's generation path
+    tok = AutoTokenizer.from_pretrained(demo_model)
+    model = AutoModelForCausalLM.from_pretrained(demo_model, dtype=torch.float32).eval()
+    for s in saq:
+        ids = tok(s["arguments"][0][0], return_tensors="pt")
+        with torch.no_grad():
+            gen = model.generate(**ids, max_new_tokens=8, do_sample=False)
+        want = tok.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        assert want and s["resps"][0][0] == want, (s["doc"]["language"], want, s["resps"][0][0])
+        assert s["acc"] in (0.0, 1.0)
