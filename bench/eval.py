@@ -27,7 +27,8 @@ faster than float32). Each backend first runs a warm-up pass on other documents 
 untimed. Before each timed run vLLM's prefix cache (and culnig-vllm's score cache) is emptied;
 ``--repeats`` keeps the fastest of several runs. vLLM runs with culnig's CPU defaults
 (``culnig.devices.cpu_vllm_defaults``: the engine inside the calling process, on <= 4 cores no
-core reserved for its front end) and vLLM's own otherwise, prefix caching included. The ratios are the last lines, one a line.
+core reserved for its front end) and vLLM's own otherwise, prefix caching included. The ratios
+are the last lines, one a line.
 """
 
 from __future__ import annotations
